@@ -1,0 +1,122 @@
+"""The application the HTTP protocol calls: CORS, API key, routing, access log.
+
+:class:`App` owns a :class:`~helios_raw.http.router.Router`; every request goes through
+:meth:`App.handle`, in this order: CORS preflight (answered before any key check), API key,
+route lookup (404 / 405), the route's handler.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Iterable, Optional
+
+from .errors import APIError
+from .http.request import Request
+from .http.response import Response
+from .http.router import Route, Router
+
+access_log = logging.getLogger("helios_raw.access")
+error_log = logging.getLogger("helios_raw.error")
+
+_ALLOWED_HEADERS = b"authorization, content-type, accept, openai-organization, openai-project, x-stainless-*"
+_ALLOW_ANY = [(b"access-control-allow-origin", b"*")]
+_PUBLIC_PATHS = frozenset({"/health"})
+
+
+class App:
+    """Dispatches requests to routes. ``cors_origins`` is ``["*"]`` (any) or a list of origins;
+    ``api_key`` (if set) is required as ``Authorization: Bearer <key>`` on every route but
+    ``/health``."""
+
+    def __init__(self, api_key: Optional[str] = None, cors_origins: Iterable[str] = ("*",),
+                 access_log_enabled: bool = True) -> None:
+        self.router = Router()
+        self.api_key = api_key.encode() if api_key else None
+        origins = list(cors_origins)
+        self.cors_any = "*" in origins
+        self.cors_origins = {o.rstrip("/").encode("latin-1") for o in origins if o != "*"}
+        self.access_log_enabled = access_log_enabled
+
+    # -- routes ------------------------------------------------------------------------------
+
+    def add_route(self, method: str, path: str, handler, *, inline: bool = False, description: str = "") -> None:
+        """Add a route; see :class:`~helios_raw.http.router.Route` for the handler contract."""
+        self.router.add(Route(method.upper(), path, handler, inline, description))
+
+    @property
+    def routes(self) -> list[Route]:
+        return self.router.routes
+
+    # -- the protocol's interface ------------------------------------------------------------
+
+    def handle(self, request: Request):
+        if request.method == "OPTIONS":
+            return self._preflight(request)
+        if self.api_key is not None and request.path not in _PUBLIC_PATHS:
+            self._check_key(request)
+        route, params = self.router.match(request.method, request.path)
+        request.params = params
+        return route.handler(request)
+
+    def response_headers(self, request: Optional[Request]) -> list:
+        """CORS headers for every response, errors and streams included."""
+        if self.cors_any:
+            return _ALLOW_ANY
+        origin = _origin(request)
+        if origin is not None and origin in self.cors_origins:
+            return [(b"access-control-allow-origin", origin), (b"vary", b"Origin")]
+        return [(b"vary", b"Origin")]
+
+    def log_access(self, request: Request, status: int, sent: int, seconds: float) -> None:
+        if self.access_log_enabled and access_log.isEnabledFor(logging.INFO):
+            client = request.client
+            access_log.info(
+                '%s - "%s %s HTTP/%s" %d %d %.1fms',
+                f"{client[0]}:{client[1]}" if client else "-",
+                request.method, request.target.decode("latin-1"), request.http_version,
+                status, sent, seconds * 1000.0,
+            )
+
+    def log_error(self, message: str, exc: Optional[BaseException]) -> None:
+        if exc is None:
+            error_log.warning(message)
+        else:
+            error_log.error(message, exc_info=exc)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _preflight(self, request: Request) -> Response:
+        requested = request.header("access-control-request-headers")
+        headers = [
+            ("access-control-allow-methods", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+            ("access-control-allow-headers",
+             requested if requested else _ALLOWED_HEADERS.decode()),
+            ("access-control-max-age", "600"),
+        ]
+        return Response(b"", 204, headers)
+
+    def _check_key(self, request: Request) -> None:
+        given = b""
+        for name, value in request.headers:
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                if scheme.lower() == b"bearer":
+                    given = token.strip()
+                break
+        if not hmac.compare_digest(given, self.api_key):
+            raise APIError(
+                401,
+                "Incorrect or missing API key; send it as 'Authorization: Bearer <key>'.",
+                code="invalid_api_key",
+                headers=[("www-authenticate", "Bearer")],
+            )
+
+
+def _origin(request: Optional[Request]) -> Optional[bytes]:
+    if request is None:
+        return None
+    for name, value in request.headers:
+        if name == b"origin":
+            return value.rstrip(b"/")
+    return None

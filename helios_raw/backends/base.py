@@ -1,0 +1,72 @@
+"""The contract every backend (local model, remote upstream, agent) fulfils.
+
+The OpenAI handlers validate a request into a :class:`~helios_raw.openai.schema.ChatRequest` and
+then call exactly one of :meth:`Backend.complete` or :meth:`Backend.open_stream`. Errors a client
+should see are raised as :class:`~helios_raw.errors.APIError`: before a stream starts they become
+an HTTP status; once it runs, an error event followed by ``[DONE]``.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from ..http.request import Cancellation
+from ..http.response import EventStream
+from ..openai.schema import ChatRequest
+
+
+class ChunkStream(abc.ABC):
+    """A stream of ``chat.completion.chunk`` objects, accepted but not yet started."""
+
+    @abc.abstractmethod
+    async def run(self, events: EventStream) -> None:
+        """Send every chunk through ``events``: the first (with ``delta.role``) at once, content
+        as it is generated, one chunk with ``finish_reason``, and, if the request asked for
+        ``include_usage``, a usage chunk. The caller writes ``[DONE]``. Stop promptly once
+        ``cancel`` (given to :meth:`Backend.open_stream`) is set."""
+
+
+class Backend(abc.ABC):
+    """Serves chat completions for one model id."""
+
+    #: The id listed by ``/v1/models`` and put in every response's ``model``.
+    model_id: str = "unknown"
+    owned_by: str = "helios_raw"
+
+    def __init__(self) -> None:
+        self.created = int(time.time())
+
+    @property
+    def state(self) -> str:
+        """``"loading"``, ``"ready"`` or ``"failed"``."""
+        return "ready"
+
+    def health(self) -> dict:
+        """Extra facts for ``/health`` (model id, state, queue length ...)."""
+        return {"model": self.model_id, "backend_state": self.state}
+
+    def model_ids(self) -> list[str]:
+        """The ids ``/v1/models`` lists."""
+        return [self.model_id]
+
+    async def start(self) -> None:
+        """Prepare to serve (load a model, open a pool). Raise ``BackendError`` with one plain
+        sentence if that can't be done."""
+
+    async def wait_ready(self) -> None:
+        """Return once the backend serves; raise ``BackendError`` if it never will."""
+
+    async def close(self) -> None:
+        """Release what :meth:`start` took."""
+
+    @abc.abstractmethod
+    async def complete(self, request: ChatRequest, cancel: Cancellation) -> dict:
+        """Answer ``request`` with one ``chat.completion`` object."""
+
+    @abc.abstractmethod
+    async def open_stream(self, request: ChatRequest, cancel: Cancellation) -> ChunkStream:
+        """Accept a streamed request (raise an APIError to refuse it with an HTTP status)."""
+
+
+class BackendError(Exception):
+    """A backend cannot start; the message is one sentence for the operator."""

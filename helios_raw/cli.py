@@ -1,0 +1,167 @@
+"""The command line: ``python -m helios_raw [--bind HOST:PORT] ...`` and ``python -m helios_raw init``.
+
+Every failure a user can cause ends with one sentence on stderr and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import importlib
+import logging
+import os
+import sys
+from typing import Optional
+
+from . import __version__
+from .backends.base import Backend, BackendError
+from .config import Config, ConfigError, LocalConfig, load_config
+from .endpoints import endpoints_from_toml
+from .http.router import RouteConflict
+from .server import Server, parse_address
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one sentence instead of usage + error
+        self.exit(2, f"helios_raw: {message}; run with --help for usage.\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="helios_raw", description="An OpenAI-compatible LLM server on asyncio and h11.")
+    parser.add_argument("--version", action="version", version=f"helios_raw {__version__}")
+    parser.add_argument("--bind", metavar="HOST:PORT", help="address to listen on (default 127.0.0.1:8000; port 0 picks a free one)")
+    parser.add_argument("--host", help="host to listen on (overrides --bind and the config)")
+    parser.add_argument("--port", type=int, help="port to listen on (overrides --bind and the config)")
+    parser.add_argument("--config", metavar="FILE", help="TOML config with [server], [local] and/or [llm]")
+    parser.add_argument("--custom-endpoints", metavar="FILE", help="TOML file of [[endpoints]]")
+    parser.add_argument("--backend", choices=("local", "remote"), help="force the local model or the remote upstream")
+    parser.add_argument("--model", metavar="PATH", help="GGUF model file to serve (implies the local backend)")
+    parser.add_argument("--model-name", help="model id to serve it as (default: the file's name)")
+    parser.add_argument("--chat-format", help="llama-cpp-python chat format, overriding the model's template")
+    parser.add_argument("--threads", type=int, help="CPU threads for generation")
+    parser.add_argument("--agent", metavar="MODULE:OBJECT", help="serve an Agent (or a function returning one) from your code")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="logging level (default info)")
+    parser.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
+    sub = parser.add_subparsers(dest="command")
+    init = sub.add_parser("init", help="write a commented example config")
+    init.add_argument("--output", "-o", default="config.toml", help="where to write it (default config.toml)")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    return parser
+
+
+def main(argv: Optional[list] = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = Config()
+    try:
+        if args.command == "init":
+            from .init import write_example_config
+
+            path = write_example_config(args.output, args.force)
+            print(f"wrote {path}")
+            return 0
+        config = _config_from(args)
+        _setup_logging(config.server.log_level)
+        endpoints = endpoints_from_toml(args.custom_endpoints) if args.custom_endpoints else []
+        backend = _backend_from(args, config)
+        strict = bool(getattr(config.local if config.backend_kind == "local" else config.llm, "strict_model_names", False))
+        server = Server(config, backend, endpoints, strict_models=strict)
+        asyncio.run(server.run_until_signal())
+        return 0
+    except (ConfigError, BackendError, RouteConflict) as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return _fail(f"The address {config.server.host}:{config.server.port} is already in use.")
+        if exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, __import__("socket").gaierror):
+            return _fail(f"Cannot listen on {config.server.host}:{config.server.port}: {exc.strerror or exc}.")
+        if exc.errno == errno.EACCES:
+            return _fail(f"Permission denied to listen on port {config.server.port}.")
+        return _fail(f"{exc.strerror or exc}.")
+    except KeyboardInterrupt:
+        return 0
+
+
+def _fail(sentence: str) -> int:
+    sentence = sentence.rstrip()
+    if not sentence.endswith((".", "!", "?")):
+        sentence += "."
+    print(f"helios_raw: {sentence}", file=sys.stderr)
+    return 1
+
+
+def _config_from(args: argparse.Namespace) -> Config:
+    config = load_config(args.config)
+    server = config.server
+    try:
+        if args.bind:
+            server.host, server.port = parse_address(args.bind)
+    except ValueError as exc:
+        raise ConfigError(f"--bind: {exc}") from None
+    if args.host:
+        server.host = args.host
+    if args.port is not None:
+        if not 0 <= args.port <= 65535:
+            raise ConfigError("--port must be between 0 and 65535")
+        server.port = args.port
+    if args.log_level:
+        server.log_level = args.log_level
+    if args.no_access_log:
+        server.access_log = False
+    if args.model or args.model_name or args.chat_format or args.threads:
+        if config.local is None and (args.model or args.backend != "remote"):
+            config.local = LocalConfig()
+        if config.local is not None:
+            local = config.local
+            if args.model:
+                if not os.path.exists(args.model):
+                    raise ConfigError(f"The model file {args.model} does not exist")
+                local.model_path, local.huggingface_repo, local.model_file = args.model, None, None
+            local.model_name = args.model_name or local.model_name
+            local.chat_format = args.chat_format or local.chat_format
+            local.n_threads = args.threads or local.n_threads
+    return config
+
+
+def _backend_from(args: argparse.Namespace, config: Config) -> Optional[Backend]:
+    from .backends import create_backend
+
+    kind = args.backend or ("local" if args.model else None)
+    if args.agent:
+        from .agent import Agent, AgentBackend
+
+        agent = load_object(args.agent)
+        if callable(agent) and not isinstance(agent, Agent):
+            agent = agent()
+        if not isinstance(agent, Agent):
+            raise ConfigError(f"--agent {args.agent} is not an Agent (nor a function returning one)")
+        return AgentBackend(agent, agent.name, config, inner_kind=kind)
+    return create_backend(config, kind)
+
+
+def load_object(spec: str):
+    """``package.module:attribute`` -> the attribute; ConfigError with one sentence otherwise."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(f"--agent must look like module.path:object, not {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # the user's module failed to import: say why, no traceback
+        raise ConfigError(f"Cannot import {module_name}: {type(exc).__name__}: {exc}") from None
+    try:
+        obj = module
+        for part in attribute.split("."):
+            obj = getattr(obj, part)
+    except AttributeError:
+        raise ConfigError(f"{module_name} has no attribute {attribute}") from None
+    return obj
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )

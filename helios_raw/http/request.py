@@ -1,0 +1,107 @@
+"""The request a handler sees, and the signal that its answer is no longer wanted."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any, Optional
+from urllib.parse import parse_qsl, unquote
+
+import orjson
+
+from ..errors import APIError
+
+
+class Cancellation:
+    """Set once, when the answer to a request is no longer wanted.
+
+    That happens when the client goes away (EOF or a broken connection) or when a graceful shutdown
+    reaches its deadline. Worker threads poll :meth:`is_set` (a ``threading.Event`` underneath);
+    coroutines ``await wait()``. :meth:`set` must be called on the event loop's thread.
+    """
+
+    __slots__ = ("_event", "_future", "reason")
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._future: Optional[asyncio.Future] = None
+        self.reason = ""
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def set(self, reason: str = "client disconnected") -> None:
+        if self._event.is_set():
+            return
+        self.reason = reason
+        self._event.set()
+        if self._future is not None and not self._future.done():
+            self._future.set_result(None)
+
+    async def wait(self) -> None:
+        if self._event.is_set():
+            return
+        if self._future is None:
+            self._future = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._future)
+
+
+class Request:
+    """One HTTP request, fully received.
+
+    ``headers`` is h11's list of ``(name, value)`` byte pairs, names lower-cased. ``params`` holds
+    the path parameters the route matched. ``cancelled`` is set when the answer is no longer wanted.
+    """
+
+    __slots__ = (
+        "method", "target", "path", "query_string", "headers", "body", "params", "client",
+        "http_version", "cancelled", "_query",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        target: bytes,
+        headers: list,
+        body: bytes = b"",
+        client: Optional[tuple] = None,
+        http_version: str = "1.1",
+    ) -> None:
+        self.method = method
+        self.target = target
+        raw_path, _, raw_query = target.partition(b"?")
+        self.path = unquote(raw_path.decode("latin-1"))
+        self.query_string = raw_query.decode("latin-1")
+        self.headers = headers
+        self.body = body
+        self.params: dict[str, str] = {}
+        self.client = client
+        self.http_version = http_version
+        self.cancelled = Cancellation()
+        self._query: Optional[dict[str, str]] = None
+
+    def header(self, name: str, default: Optional[str] = None) -> Optional[str]:
+        """The value of header ``name`` (case-insensitive); repeated headers are joined by ``, ``."""
+        key = name.lower().encode("latin-1")
+        values = [v.decode("latin-1") for k, v in self.headers if k == key]
+        return ", ".join(values) if values else default
+
+    @property
+    def query(self) -> dict[str, str]:
+        """Query parameters, decoded; for a repeated name the last value wins."""
+        if self._query is None:
+            self._query = dict(parse_qsl(self.query_string, keep_blank_values=True))
+        return self._query
+
+    def json(self) -> Any:
+        """The body parsed as JSON; an empty body is ``None``. Bad JSON raises a 400 APIError."""
+        if not self.body:
+            return None
+        try:
+            return orjson.loads(self.body)
+        except orjson.JSONDecodeError as exc:
+            raise APIError(
+                400,
+                f"We could not parse the JSON body of your request: {exc}.",
+                code="invalid_json",
+            ) from None

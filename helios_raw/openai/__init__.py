@@ -1,0 +1,1 @@
+"""The OpenAI API surface: request validation, response objects, route handlers."""

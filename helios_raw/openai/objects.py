@@ -1,0 +1,98 @@
+"""Builders of the OpenAI objects the server sends: completions, chunks, usage, models."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Optional
+
+
+def new_id(prefix: str = "chatcmpl-") -> str:
+    """A fresh id such as ``chatcmpl-3f2a...`` (24 hex digits)."""
+    return prefix + os.urandom(12).hex()
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def completion(
+    model: str,
+    message: dict,
+    finish_reason: str,
+    usage_: dict,
+    *,
+    id: Optional[str] = None,
+    created: Optional[int] = None,
+    logprobs: Optional[dict] = None,
+    fingerprint: Optional[str] = None,
+) -> dict:
+    """A ``chat.completion`` object with one choice."""
+    return {
+        "id": id or new_id(),
+        "object": "chat.completion",
+        "created": created or int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish_reason}],
+        "usage": usage_,
+        "system_fingerprint": fingerprint,
+    }
+
+
+def assistant_message(content: Optional[str], tool_calls: Optional[list] = None) -> dict:
+    message: dict = {"role": "assistant", "content": content, "refusal": None}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return message
+
+
+class ChunkFactory:
+    """Makes the ``chat.completion.chunk`` objects of one stream (one id, one ``created``)."""
+
+    __slots__ = ("id", "created", "model", "fingerprint")
+
+    def __init__(self, model: str, fingerprint: Optional[str] = None, id: Optional[str] = None) -> None:
+        self.id = id or new_id()
+        self.created = int(time.time())
+        self.model = model
+        self.fingerprint = fingerprint
+
+    def chunk(self, delta: dict, finish_reason: Optional[str] = None, logprobs: Optional[dict] = None) -> dict:
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": self.fingerprint,
+            "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
+        }
+
+    def role(self) -> dict:
+        """The first chunk: the assistant role, no content yet."""
+        return self.chunk({"role": "assistant", "content": ""})
+
+    def content(self, text: str, logprobs: Optional[dict] = None) -> dict:
+        return self.chunk({"content": text}, logprobs=logprobs)
+
+    def finish(self, reason: str) -> dict:
+        return self.chunk({}, reason)
+
+    def usage(self, usage_: dict) -> dict:
+        """The ``include_usage`` chunk: empty ``choices`` and the usage of the whole request."""
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": self.fingerprint,
+            "choices": [],
+            "usage": usage_,
+        }
+
+
+def model_object(model_id: str, created: int, owned_by: str) -> dict:
+    return {"id": model_id, "object": "model", "created": created, "owned_by": owned_by}

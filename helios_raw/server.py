@@ -1,0 +1,184 @@
+"""The server a user runs or embeds: HTTP listener + routes + backend + custom endpoints.
+
+Embedding::
+
+    server = ServerBuilder().address("127.0.0.1:0").endpoint(get("/hi", {"hi": 1})).build()
+    host, port = await server.start()     # inside your running event loop
+    ...
+    await server.stop()
+
+or ``server.serve()`` / ``serve(...)`` to block until SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Iterable, Optional
+
+from .app import App
+from .backends.base import Backend
+from .config import Config
+from .endpoints import CustomEndpoint, endpoints_from_list
+from .http.limits import Limits
+from .http.server import HTTPServer
+from .openai.handlers import OpenAIRoutes, health_route
+
+log = logging.getLogger("helios_raw")
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port``, ``:port`` or ``host`` -> (host, port); ValueError if bad."""
+    host, port = address, "8000"
+    if address.startswith("["):
+        end = address.find("]")
+        if end < 0:
+            raise ValueError(f"bad address {address!r}: missing ']'")
+        host, rest = address[1:end], address[end + 1:]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"bad address {address!r}")
+            port = rest[1:]
+    elif address.count(":") == 1:
+        host, port = address.split(":")
+    host = host or "127.0.0.1"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"bad port in address {address!r}: it must be a number from 0 to 65535")
+    return host, int(port)
+
+
+class Server:
+    """One configured server. ``backend`` None serves only ``/health`` and custom endpoints."""
+
+    def __init__(
+        self,
+        config: Optional[Config] = None,
+        backend: Optional[Backend] = None,
+        endpoints: Iterable[CustomEndpoint] = (),
+        strict_models: bool = False,
+    ) -> None:
+        self.config = config or Config()
+        self.backend = backend
+        self.endpoints = list(endpoints_from_list(self.config.endpoints, "the configuration")) + list(endpoints)
+        self.strict_models = strict_models
+        self.app = self._build_app()
+        server = self.config.server
+        self.http = HTTPServer(self.app, server.host, server.port, server.limits)
+
+    def _build_app(self) -> App:
+        server = self.config.server
+        app = App(api_key=server.api_key, cors_origins=server.cors_origins, access_log_enabled=server.access_log)
+        app.add_route("GET", "/health", health_route(self.backend), inline=True, description="health check")
+        if self.backend is not None:
+            OpenAIRoutes(self.backend, self.strict_models).install(app)
+        for endpoint in self.endpoints:
+            endpoint.install(app)
+        return app
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.http.address
+
+    async def start(self) -> tuple[str, int]:
+        """Start the backend (a model loads in the background) and listen; the bound address."""
+        if self.backend is not None:
+            await self.backend.start()
+        host, port = await self.http.start()
+        log.info("listening on http://%s:%d", host if ":" not in host else f"[{host}]", port)
+        for route in sorted(self.app.routes, key=lambda r: (r.template, r.method)):
+            log.info("route %-6s %s%s", route.method, route.template,
+                     f"  ({route.description})" if route.description else "")
+        return host, port
+
+    async def stop(self, timeout: Optional[float] = None) -> None:
+        """Stop gracefully: requests in flight get up to ``timeout`` seconds (the config's
+        ``shutdown_timeout`` by default)."""
+        await self.http.stop(self.config.server.shutdown_timeout if timeout is None else timeout)
+        if self.backend is not None:
+            await self.backend.close()
+
+    async def run_until_signal(self) -> None:
+        """Serve until SIGINT or SIGTERM, then stop gracefully."""
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopping.set)
+        await self.start()
+        if self.backend is not None:
+            waiter = asyncio.ensure_future(self.backend.wait_ready())
+            await asyncio.wait([waiter, asyncio.ensure_future(stopping.wait())],
+                               return_when=asyncio.FIRST_COMPLETED)
+            if waiter.done() and waiter.exception() is not None:
+                await self.stop(0)
+                raise waiter.exception()
+        await stopping.wait()
+        log.info("shutting down")
+        await self.stop()
+
+    def serve(self) -> None:
+        """Block serving until SIGINT/SIGTERM."""
+        asyncio.run(self.run_until_signal())
+
+
+class ServerBuilder:
+    """Fluent construction of a :class:`Server`, with the original's vocabulary."""
+
+    def __init__(self, config: Optional[Config] = None) -> None:
+        self._config = config or Config()
+        self._backend: Optional[Backend] = None
+        self._endpoints: list[CustomEndpoint] = []
+        self._strict = False
+
+    @classmethod
+    def with_agent(cls, agent, model_name: str, config: Optional[Config] = None) -> "ServerBuilder":
+        """A server whose chat completions are answered by ``agent`` under ``model_name``."""
+        from .agent import AgentBackend
+
+        builder = cls(config)
+        builder._backend = AgentBackend(agent, model_name, builder._config)
+        return builder
+
+    def backend(self, backend: Backend, strict_models: bool = False) -> "ServerBuilder":
+        self._backend = backend
+        self._strict = strict_models
+        return self
+
+    def address(self, address: str) -> "ServerBuilder":
+        self._config.server.host, self._config.server.port = parse_address(address)
+        return self
+
+    def api_key(self, key: Optional[str]) -> "ServerBuilder":
+        self._config.server.api_key = key
+        return self
+
+    def cors_origins(self, origins: Iterable[str]) -> "ServerBuilder":
+        self._config.server.cors_origins = list(origins)
+        return self
+
+    def limits(self, limits: Limits) -> "ServerBuilder":
+        self._config.server.limits = limits
+        return self
+
+    def endpoint(self, endpoint: CustomEndpoint) -> "ServerBuilder":
+        self._endpoints.append(endpoint)
+        return self
+
+    def endpoints(self, endpoints: Iterable[CustomEndpoint]) -> "ServerBuilder":
+        self._endpoints.extend(endpoints)
+        return self
+
+    def build(self) -> Server:
+        return Server(self._config, self._backend, self._endpoints, self._strict)
+
+    def serve(self) -> None:
+        self.build().serve()
+
+
+def serve(address: str = "127.0.0.1:8000", backend: Optional[Backend] = None,
+          endpoints: Iterable[CustomEndpoint] = (), config: Optional[Config] = None) -> None:
+    """Block serving ``backend`` and ``endpoints`` on ``address`` until SIGINT/SIGTERM."""
+    builder = ServerBuilder(config).address(address).endpoints(endpoints)
+    if backend is not None:
+        builder.backend(backend)
+    builder.serve()
