@@ -1,0 +1,534 @@
+"""An asyncio HTTP/1.1 client on ``h11``, the parser the server uses.
+
+One job: send a request to an ``http://`` or ``https://`` URL and hand back the response as it
+arrives. What it does:
+
+- keeps connections alive and pools them per ``(scheme, host, port)``, at most
+  ``max_connections`` open per origin (more requests wait for one, within the connect timeout);
+- speaks TLS through the standard :mod:`ssl` module (the default context verifies certificates and
+  honours ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``; pass ``ssl_context`` to trust another CA);
+- sends request bodies with ``Content-Length``; reads response bodies framed by
+  ``Content-Length``, chunked encoding or the end of the connection, piece by piece as they arrive;
+- applies a connect timeout (pool wait + TCP connect + TLS handshake) and a read timeout (the
+  longest silence allowed while waiting for the response head or the next piece of body);
+- returns a connection to the pool only once its response was read to the end and both sides
+  agreed to keep it open; a response closed early closes its connection at once.
+
+A request sent on a pooled connection that the server had already closed (no byte of a response
+came back) is sent again once on a fresh connection: that is the keep-alive race every pooling
+client meets, and the server cannot have acted on a request it never answered.
+
+Usage::
+
+    client = HTTPClient(max_connections=8, connect_timeout=5, read_timeout=60)
+    response = await client.request("POST", "https://host/v1/x", [("content-type", "application/json")], body)
+    async with response:
+        async for piece in response.iter_bytes():
+            ...
+    await client.aclose()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import socket
+import ssl
+from typing import AsyncIterator, Iterable, Optional
+from urllib.parse import urlsplit
+
+import h11
+
+#: Bytes buffered from a connection before reading from it is paused until the reader catches up.
+_READ_HIGH_WATER = 256 * 1024
+_READ_SIZE_HINT = 64 * 1024
+
+
+class HTTPClientError(Exception):
+    """The request could not be completed; the message is one sentence."""
+
+
+class ConnectError(HTTPClientError):
+    """No connection could be made (refused, unknown host, TLS failure)."""
+
+
+class ConnectTimeout(HTTPClientError):
+    """No connection was made within the connect timeout."""
+
+
+class ReadTimeout(HTTPClientError):
+    """The server sent nothing for longer than the read timeout."""
+
+
+class RemoteProtocolError(HTTPClientError):
+    """The server broke HTTP or closed the connection before the response was complete."""
+
+
+class _StaleConnection(RemoteProtocolError):
+    """A pooled connection was found closed before any byte of the response arrived."""
+
+
+class _Wire(asyncio.Protocol):
+    """The bytes of one TCP or TLS connection: buffered as they arrive, read with a timeout.
+
+    Reading pauses the transport once more than ``_READ_HIGH_WATER`` bytes wait unread, so a slow
+    consumer slows the server down instead of growing the buffer.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: Optional[asyncio.Transport] = None
+        self._chunks: collections.deque = collections.deque()
+        self._buffered = 0
+        self._eof = False
+        self._reading_paused = False
+        self._writing_paused = False
+        self._reader: Optional[asyncio.Future] = None
+        self._drainer: Optional[asyncio.Future] = None
+
+    # asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # pragma: no cover - platform dependent
+                pass
+
+    def data_received(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > _READ_HIGH_WATER and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        self._wake(self._reader)
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake(self._reader)
+        return False
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        self._eof = True
+        self._writing_paused = False
+        self._wake(self._reader)
+        self._wake(self._drainer)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._wake(self._drainer)
+
+    # used by the connection
+
+    @property
+    def usable(self) -> bool:
+        """Open, with nothing unexpected waiting to be read (an idle server sends nothing)."""
+        return not self._eof and not self._chunks and not self.transport.is_closing()
+
+    async def read(self, timeout: float) -> bytes:
+        """Everything buffered, waiting up to ``timeout`` seconds for something; ``b""`` at EOF."""
+        if not self._chunks and not self._eof:
+            self._reader = self.loop.create_future()
+            await self._wait(self._reader, timeout, lambda: ReadTimeout(f"The server sent nothing for {timeout:g} seconds."))
+            self._reader = None
+        if not self._chunks:
+            return b""
+        data = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._chunks)
+        self._chunks.clear()
+        self._buffered = 0
+        if self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return data
+
+    async def write(self, data: bytes, timeout: float) -> None:
+        """Write ``data`` and wait (up to ``timeout``) while the server reads slower than we write."""
+        if self.transport.is_closing():
+            raise _StaleConnection("The connection was closed before the request could be sent.")
+        self.transport.write(data)
+        if self._writing_paused:
+            self._drainer = self.loop.create_future()
+            await self._wait(self._drainer, timeout,
+                             lambda: ReadTimeout(f"The server accepted no request bytes for {timeout:g} seconds."))
+            self._drainer = None
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close_gracefully(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    # helpers
+
+    async def _wait(self, future: asyncio.Future, timeout: float, error) -> None:
+        """Await ``future``; after ``timeout`` seconds fail it with ``error()``."""
+        timer = self.loop.call_later(timeout, _fail, future, error)
+        try:
+            await future
+        finally:
+            timer.cancel()
+
+    @staticmethod
+    def _wake(future: Optional[asyncio.Future]) -> None:
+        if future is not None and not future.done():
+            future.set_result(None)
+
+
+def _fail(future: asyncio.Future, error) -> None:
+    if not future.done():
+        future.set_exception(error())
+
+
+class _Connection:
+    """One pooled connection: a :class:`_Wire` and the h11 state machine that frames it."""
+
+    __slots__ = ("origin", "wire", "h11", "requests", "received")
+
+    def __init__(self, origin: "_Origin", wire: _Wire) -> None:
+        self.origin = origin
+        self.wire = wire
+        self.h11 = h11.Connection(h11.CLIENT)
+        #: Requests sent on this connection, the current one included.
+        self.requests = 0
+        #: Bytes received since the current request was sent.
+        self.received = 0
+
+    @property
+    def reusable(self) -> bool:
+        return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE and self.wire.usable
+
+    async def next_event(self, timeout: float):
+        """The next h11 event of the response, reading from the wire as needed."""
+        while True:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise RemoteProtocolError(_broken_message(self, exc)) from None
+            if event is not h11.NEED_DATA:
+                return event
+            data = await self.wire.read(timeout)
+            self.received += len(data)
+            self.h11.receive_data(data)
+
+
+def _broken_message(connection: _Connection, exc: h11.RemoteProtocolError) -> str:
+    if connection.wire._eof:
+        return "The server closed the connection before the response was complete."
+    return f"The server sent a malformed HTTP response: {exc}."
+
+
+class _Origin:
+    """The pool of one ``(scheme, host, port)``: idle connections and the bound on open ones."""
+
+    def __init__(self, scheme: str, host: str, port: int, limit: int) -> None:
+        self.scheme = scheme
+        self.host = host
+        self.port = port
+        self.idle: list[_Connection] = []
+        self.slots = asyncio.Semaphore(limit)
+        self.opened = 0
+
+    @property
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+    def take_idle(self) -> Optional[_Connection]:
+        while self.idle:
+            connection = self.idle.pop()
+            if connection.wire.usable:
+                return connection
+            connection.wire.close()
+        return None
+
+
+class ClientResponse:
+    """A response whose head has arrived; the body is read with :meth:`iter_bytes` or :meth:`read`.
+
+    ``headers`` are h11's ``(name, value)`` byte pairs with lower-case names. Close the response
+    (:meth:`close`, or ``async with``) when done: its connection goes back to the pool if the body
+    was read to the end, and is closed otherwise.
+    """
+
+    def __init__(self, client: "HTTPClient", connection: _Connection, head: h11.Response, read_timeout: float) -> None:
+        self._client = client
+        self._connection: Optional[_Connection] = connection
+        self.status: int = head.status_code
+        self.reason: str = head.reason.decode("latin-1")
+        self.http_version: str = head.http_version.decode("latin-1")
+        self.headers: list = list(head.headers)
+        self.read_timeout = read_timeout
+        self.complete = False
+
+    def header(self, name: str, default: Optional[str] = None) -> Optional[str]:
+        """The value of header ``name`` (case-insensitive); repeated headers joined by ``, ``."""
+        key = name.lower().encode("latin-1")
+        values = [v.decode("latin-1") for k, v in self.headers if k == key]
+        return ", ".join(values) if values else default
+
+    async def iter_bytes(self) -> AsyncIterator[bytes]:
+        """The body, piece by piece as it arrives. Raises :class:`ReadTimeout` or
+        :class:`RemoteProtocolError` if it stalls or breaks off."""
+        connection = self._connection
+        if connection is None:
+            if self.complete:
+                return
+            raise HTTPClientError("The response was closed before its body was read.")
+        try:
+            while True:
+                event = await connection.next_event(self.read_timeout)
+                kind = type(event)
+                if kind is h11.Data:
+                    if event.data:
+                        yield bytes(event.data)
+                elif kind is h11.EndOfMessage:
+                    self.complete = True
+                    self.close()
+                    return
+                elif kind is h11.ConnectionClosed:  # pragma: no cover - h11 ends the body first
+                    raise RemoteProtocolError("The server closed the connection before the response was complete.")
+        except BaseException:
+            self.close()
+            raise
+
+    async def read(self, limit: Optional[int] = None) -> bytes:
+        """The whole body; with ``limit``, at most that many bytes (the rest is not read)."""
+        pieces = []
+        size = 0
+        async for piece in self.iter_bytes():
+            pieces.append(piece)
+            size += len(piece)
+            if limit is not None and size >= limit:
+                self.close()
+                break
+        body = b"".join(pieces)
+        return body if limit is None else body[:limit]
+
+    def close(self) -> None:
+        """Give the connection back to the pool if the response is complete and the connection
+        reusable; otherwise close it now. Idempotent."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            self._client._release(connection, reuse=self.complete)
+
+    async def __aenter__(self) -> "ClientResponse":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # A response dropped unread must not keep its connection (and the server's work) alive.
+        if self._connection is not None:
+            self.close()
+
+
+class HTTPClient:
+    """Sends HTTP/1.1 requests over pooled keep-alive connections (see the module docstring).
+
+    Use it from one event loop. ``connections_opened`` counts every connection made, for
+    diagnostics.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_connections: int = 32,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 120.0,
+        ssl_context: Optional[ssl.SSLContext] = None,
+        user_agent: str = "helios_raw",
+    ) -> None:
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self.max_connections = max_connections
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.user_agent = user_agent
+        self._ssl_context = ssl_context
+        self._origins: dict[tuple, _Origin] = {}
+        self.connections_opened = 0
+        self._closed = False
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        headers: Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+        *,
+        read_timeout: Optional[float] = None,
+    ) -> ClientResponse:
+        """Send one request and return once the response head has arrived (1xx heads are
+        skipped). ``Host``, ``User-Agent`` and ``Content-Length`` are added unless given."""
+        if self._closed:
+            raise HTTPClientError("The HTTP client is closed.")
+        origin, target = self._origin_of(url)
+        head = _request_head(method, target, origin, headers, body, self.user_agent)
+        timeout = self.read_timeout if read_timeout is None else read_timeout
+        for attempt in range(2):
+            connection = await self._acquire(origin)
+            try:
+                return await self._exchange(connection, head, body, timeout)
+            except _StaleConnection:
+                self._release(connection, reuse=False)
+                if connection.requests > 1 and attempt == 0:
+                    continue  # the pooled connection had been closed by the server: retry fresh
+                raise RemoteProtocolError("The server closed the connection without answering.") from None
+            except BaseException:
+                self._release(connection, reuse=False)
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def aclose(self) -> None:
+        """Close every idle connection; responses still open close their own when closed."""
+        self._closed = True
+        for origin in self._origins.values():
+            for connection in origin.idle:
+                connection.wire.close_gracefully()
+            origin.idle.clear()
+
+    def idle_connections(self, url: str) -> int:
+        """How many idle pooled connections the origin of ``url`` has."""
+        origin = self._origins.get(_origin_key(url))
+        return len(origin.idle) if origin else 0
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _origin_of(self, url: str) -> tuple[_Origin, str]:
+        key = _origin_key(url)
+        origin = self._origins.get(key)
+        if origin is None:
+            origin = self._origins[key] = _Origin(*key, self.max_connections)
+        parts = urlsplit(url)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        return origin, target
+
+    async def _acquire(self, origin: _Origin) -> _Connection:
+        """A connection to ``origin`` holding one of its slots: an idle one, else a new one."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.connect_timeout
+        if origin.slots.locked():
+            try:
+                await asyncio.wait_for(origin.slots.acquire(), self.connect_timeout)
+            except asyncio.TimeoutError:
+                raise ConnectTimeout(
+                    f"All {self.max_connections} connections to {origin.host_header} stayed busy for "
+                    f"{self.connect_timeout:g} seconds.") from None
+        else:
+            await origin.slots.acquire()
+        try:
+            connection = origin.take_idle()
+            if connection is None:
+                connection = await self._connect(origin, max(0.001, deadline - loop.time()))
+            connection.requests += 1
+            return connection
+        except BaseException:
+            origin.slots.release()
+            raise
+
+    async def _connect(self, origin: _Origin, timeout: float) -> _Connection:
+        loop = asyncio.get_running_loop()
+        context = None
+        if origin.scheme == "https":
+            context = self._ssl_context or _default_ssl_context()
+        where = origin.host_header
+        try:
+            _, wire = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: _Wire(loop), origin.host, origin.port, ssl=context,
+                    server_hostname=origin.host if context else None,
+                ),
+                timeout,
+            )
+        except asyncio.TimeoutError:
+            raise ConnectTimeout(f"Connecting to {where} took longer than {self.connect_timeout:g} seconds.") from None
+        except ssl.SSLError as exc:
+            raise ConnectError(f"The TLS handshake with {where} failed: {exc.reason or exc}.") from None
+        except socket.gaierror as exc:
+            raise ConnectError(f"The host {origin.host} could not be resolved: {exc.strerror or exc}.") from None
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ConnectError(f"Could not connect to {where}: {reason}.") from None
+        self.connections_opened += 1
+        origin.opened += 1
+        return _Connection(origin, wire)
+
+    async def _exchange(self, connection: _Connection, head: h11.Request, body: bytes, timeout: float) -> ClientResponse:
+        """Send the request; read up to the final response head."""
+        data = connection.h11.send(head)
+        if body:
+            data += connection.h11.send(h11.Data(data=body))
+        data += connection.h11.send(h11.EndOfMessage())
+        connection.received = 0
+        await connection.wire.write(data, timeout)
+        while True:
+            try:
+                event = await connection.next_event(timeout)
+            except RemoteProtocolError:
+                if connection.received == 0:
+                    raise _StaleConnection("closed before answering") from None
+                raise
+            if isinstance(event, h11.Response):
+                return ClientResponse(self, connection, event, timeout)
+            if isinstance(event, h11.ConnectionClosed):
+                raise _StaleConnection("closed before answering")
+            # an InformationalResponse (1xx): the final response follows
+
+    def _release(self, connection: _Connection, reuse: bool) -> None:
+        origin = connection.origin
+        origin.slots.release()
+        if reuse and not self._closed and connection.reusable:
+            connection.h11.start_next_cycle()
+            origin.idle.append(connection)
+        else:
+            connection.wire.close()
+
+
+def _origin_key(url: str) -> tuple[str, str, int]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise HTTPClientError(f"Unsupported URL scheme in {url!r}: use http:// or https://.")
+    if not parts.hostname:
+        raise HTTPClientError(f"The URL {url!r} has no host.")
+    try:
+        port = parts.port or (443 if scheme == "https" else 80)
+    except ValueError:
+        raise HTTPClientError(f"The URL {url!r} has a bad port.") from None
+    return scheme, parts.hostname, port
+
+
+def _request_head(method: str, target: str, origin: _Origin, headers: Iterable[tuple[str, str]], body: bytes,
+                  user_agent: str) -> h11.Request:
+    given = [(name.lower(), value) for name, value in headers]
+    names = {name for name, _ in given}
+    extra = []
+    if "host" not in names:
+        extra.append(("host", origin.host_header))
+    if "user-agent" not in names:
+        extra.append(("user-agent", user_agent))
+    if body or method.upper() in ("POST", "PUT", "PATCH"):
+        given = [(n, v) for n, v in given if n not in ("content-length", "transfer-encoding")]
+        extra.append(("content-length", str(len(body))))
+    return h11.Request(method=method.upper(), target=target, headers=extra + given)
+
+
+_DEFAULT_CONTEXT: Optional[ssl.SSLContext] = None
+
+
+def _default_ssl_context() -> ssl.SSLContext:
+    """The system's trust store with certificate and host name checks (made once)."""
+    global _DEFAULT_CONTEXT
+    if _DEFAULT_CONTEXT is None:
+        _DEFAULT_CONTEXT = ssl.create_default_context()
+    return _DEFAULT_CONTEXT
