@@ -34,6 +34,9 @@ class Limits:
     write_buffer_high: int = 256 * 1024
     #: Bytes at which a paused writer resumes.
     write_buffer_low: int = 64 * 1024
+    #: Bytes of unsent output at which a connection is dropped: reached only by a streaming
+    #: producer that writes on without awaiting ``drain()`` while its client reads slowly.
+    max_unsent_bytes: int = 16 * 1024 * 1024
     #: Seconds a handler waits for a paused (slow-reading) client to drain before giving up.
     write_timeout: float = 60.0
 

@@ -2,8 +2,15 @@
 
 The methods follow asyncio's callbacks. Parsing is h11's; what h11 leaves to its caller is done
 here: the limits of :class:`~helios_raw.http.limits.Limits`, strict framing (no request carrying
-both Content-Length and Transfer-Encoding, HTTP/1.0 and 1.1 only), timeouts, flow control both
-ways, pipelining (requests answered one at a time, in order) and noticing a client that leaves.
+both Content-Length and Transfer-Encoding, HTTP/1.0 and 1.1 only, no control bytes in header
+values), timeouts, flow control both ways, pipelining (requests answered one at a time, in order)
+and noticing a client that leaves.
+
+Reading goes on while a request is handled, so that a client's departure (EOF or reset) is seen at
+once; what a client pipelines meanwhile waits in h11's buffer, and reading pauses once that holds
+more than one request head's worth. A client's EOF while its request is handled sets
+``request.cancelled``; whatever answer is still produced is written (a half-closed client reads
+it), requests already received behind it are answered, then the connection closes.
 
 The application is any object with:
 
@@ -17,9 +24,11 @@ The application is any object with:
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import threading
 import time
+from email.utils import formatdate
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Optional
 
@@ -35,13 +44,37 @@ if TYPE_CHECKING:  # pragma: no cover
 
 _VERSIONS = (b"1.0", b"1.1")
 _LINGER_SECONDS = 2.0
+_SERVER_HEADER = (b"server", b"helios_raw")
+#: Bytes h11 lets through in a header value that RFC 9110 forbids: C0 controls but HTAB, and DEL.
+_CONTROL_BYTE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
+_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+_h11_Request = h11.Request
+_h11_Data = h11.Data
+_h11_EndOfMessage = h11.EndOfMessage
+_h11_NEED_DATA = h11.NEED_DATA
+_h11_PAUSED = h11.PAUSED
+_h11_DONE = h11.DONE
+_h11_MUST_CLOSE = h11.MUST_CLOSE
 
 
-def _reason(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b""
+class _DateHeader:
+    """The ``Date`` header, formatted at most once a second."""
+
+    __slots__ = ("second", "header")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.header = (b"date", b"")
+
+    def get(self) -> tuple:
+        now = time.time()
+        if int(now) != self.second:
+            self.second = int(now)
+            self.header = (b"date", formatdate(now, usegmt=True).encode())
+        return self.header
+
+
+_date = _DateHeader()
 
 
 class FlowControl:
@@ -78,8 +111,8 @@ class _Cycle:
     """One request from its head to the end of its response."""
 
     __slots__ = (
-        "request", "body", "body_size", "started", "status", "sent", "task", "streaming",
-        "response_started", "keep_alive", "abort_frame", "aborting",
+        "request", "body", "body_size", "started", "status", "sent", "task", "response_started",
+        "keep_alive", "abort_frame", "aborting",
     )
 
     def __init__(self, request: Request, keep_alive: bool) -> None:
@@ -90,14 +123,57 @@ class _Cycle:
         self.status = 0
         self.sent = 0
         self.task: Optional[asyncio.Task] = None
-        self.streaming = False
         self.response_started = False
         self.keep_alive = keep_alive
         self.abort_frame = b""
         self.aborting = False
 
 
-class HTTPProtocol(asyncio.Protocol, ResponseWriter):
+class _StreamWriter(ResponseWriter):
+    """The writer a streaming producer is given: bound to one cycle, so that a producer that
+    outlives its response (a worker thread still finishing) can never write into the next one."""
+
+    __slots__ = ("protocol", "cycle")
+
+    def __init__(self, protocol: "HTTPProtocol", cycle: _Cycle) -> None:
+        self.protocol = protocol
+        self.cycle = cycle
+
+    @property
+    def closed(self) -> bool:  # type: ignore[override]
+        return self.protocol.closed or self.protocol.cycle is not self.cycle
+
+    def write(self, data: bytes) -> None:
+        """Write one piece of the body now (event-loop thread); never blocks, never drops."""
+        if data and not self.closed:
+            self.protocol.write_body(self.cycle, data)
+
+    async def drain(self) -> None:
+        """Wait while the client reads slower than we write; ClientGone if it has left."""
+        if self.closed:
+            raise ClientGone()
+        await self.protocol.drain()
+        if self.closed:
+            raise ClientGone()
+
+    def write_threadsafe(self, data: bytes) -> None:
+        """Hand ``data`` to the event loop from a worker thread, blocking while the client is
+        slow; ClientGone once it has left or read nothing for ``limits.write_timeout``."""
+        protocol = self.protocol
+        waited = 0.0
+        while not protocol.flow.wait_writable_threadsafe(0.05):
+            waited += 0.05
+            if self.closed:
+                break
+            if waited >= protocol.limits.write_timeout:
+                protocol.loop.call_soon_threadsafe(protocol.give_up_on_slow_reader)
+                raise ClientGone()
+        if self.closed:
+            raise ClientGone()
+        protocol.loop.call_soon_threadsafe(self.write, data)
+
+
+class HTTPProtocol(asyncio.Protocol):
     """Serves HTTP/1.1 on one connection for ``app``; registered in ``registry`` while open."""
 
     def __init__(self, app, limits: Limits, registry: "ConnectionRegistry") -> None:
@@ -113,9 +189,12 @@ class HTTPProtocol(asyncio.Protocol, ResponseWriter):
         self.closed = False
         self.requests_served = 0
         self._timer: Optional[asyncio.TimerHandle] = None
+        self._deadline = 0.0
+        self._on_deadline = None  # what to do at ``_deadline``; None: nothing is timed
         self._waiting_for_head = False  # bytes of a head have arrived, the head is not complete
         self._reading_paused = False
         self._lingering = False
+        self._closing = False
         self._closing_after_cycle = False
         self._in_handle_events = False
 
@@ -131,21 +210,24 @@ class HTTPProtocol(asyncio.Protocol, ResponseWriter):
             except OSError:  # pragma: no cover - platform dependent
                 pass
         self.transport.set_write_buffer_limits(self.limits.write_buffer_high, self.limits.write_buffer_low)
+        if self.registry.shutting_down:
+            self._close()
+            return
         if not self.registry.admit(self):
             self._send_raw_error(
                 None, APIError(503, "The server has too many open connections; try again shortly.",
                                type="server_error", code="too_many_connections",
                                headers=[("retry-after", "1")]))
             return
-        if self.registry.shutting_down:
-            self._close()
-            return
-        self._set_timer(self.limits.keepalive_timeout, self._on_idle_timeout)
+        self._set_deadline(self.limits.keepalive_timeout, self._on_idle_timeout)
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self.closed = True
         self.registry.discard(self)
-        self._cancel_timer()
+        self._clear_deadline()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.flow.resume()  # wake writers so they see the connection is gone
         cycle = self.cycle
         if cycle is not None:
@@ -154,17 +236,14 @@ class HTTPProtocol(asyncio.Protocol, ResponseWriter):
                 cycle.task.cancel()
 
     def eof_received(self) -> bool:
-        # The client will send nothing more. An unfinished answer is no longer wanted, but a
-        # half-closed client may still read it: keep the transport open until it is written.
+        # The client will send nothing more. A request it sent in full is still answered (a
+        # half-closed client can read), but flagged: its answer may no longer be wanted.
         cycle = self.cycle
-        if cycle is None or self._lingering:
-            self._close()
-            return False
-        if self.conn.their_state is not h11.DONE:  # the request itself will never be complete
-            self._close()
+        if self._lingering or cycle is None or self.conn.their_state not in (_h11_DONE, _h11_MUST_CLOSE):
+            self._close()  # nothing owed, or a request that can never be complete
             return False
         cycle.request.cancelled.set("client closed its side of the connection")
-        cycle.keep_alive = False
+        self.conn.receive_data(b"")
         return True
 
     def pause_writing(self) -> None:
@@ -174,11 +253,11 @@ class HTTPProtocol(asyncio.Protocol, ResponseWriter):
         self.flow.resume()
 
     def data_received(self, data: bytes) -> None:
-        if self._lingering:
-            return
+        if self._lingering or self._closing or self.conn.their_state is _h11_MUST_CLOSE:
+            return  # nothing more will be read on this connection
         if self.cycle is None and not self._waiting_for_head:
             self._waiting_for_head = True
-            self._set_timer(self.limits.head_timeout, self._on_head_timeout)
+            self._set_deadline(self.limits.head_timeout, self._on_head_timeout)
         self.conn.receive_data(data)
         self._handle_events()
 
@@ -192,55 +271,62 @@ class HTTPProtocol(asyncio.Protocol, ResponseWriter):
             self._in_handle_events = False
 
     def _next_events(self) -> None:
-        while not self.closed and not self._lingering:
+        conn = self.conn
+        while not (self._closing or self._lingering):
+            if conn.their_state is _h11_MUST_CLOSE:
+                # The client said this was its last request: anything after it is ignored, and
+                # the answer already owed is still sent.
+                return
             try:
-                event = self.conn.next_event()
+                event = conn.next_event()
             except h11.RemoteProtocolError as exc:
                 self._on_protocol_error(exc)
                 return
-            if event is h11.NEED_DATA:
+            if event is _h11_NEED_DATA:
                 if self.cycle is None and self._waiting_for_head:
                     self._check_partial_head()
                 return
-            if event is h11.PAUSED:
+            if event is _h11_PAUSED:
                 # A pipelined request waits behind the one in flight; stop reading if it piles up.
-                if len(self.conn.trailing_data[0]) > self.limits.max_head_bytes and not self._reading_paused:
+                if len(conn.trailing_data[0]) > self.limits.max_head_bytes and not self._reading_paused:
                     self._reading_paused = True
                     self.transport.pause_reading()
                 return
             event_type = type(event)
-            if event_type is h11.Request:
+            if event_type is _h11_Request:
                 if not self._on_request(event):
                     return
-            elif event_type is h11.Data:
+            elif event_type is _h11_Data:
                 self._on_body(event.data)
-            elif event_type is h11.EndOfMessage:
-                self._cancel_timer()
+            elif event_type is _h11_EndOfMessage:
+                self._clear_deadline()
                 self._dispatch()
-            elif event_type is h11.ConnectionClosed:
+            else:  # ConnectionClosed: the client finished sending and everything is answered
                 if self.cycle is None:
                     self._close()
                 return
 
     def _check_partial_head(self) -> None:
-        """Refuse an incomplete head early once it is already too long."""
+        """Refuse an incomplete head early once its first line is already too long."""
         pending = self.conn.trailing_data[0]
-        if len(pending) <= self.limits.max_target_bytes + 32:
-            return
-        if b"\n" not in pending[: self.limits.max_target_bytes + 32]:
+        limit = self.limits.max_target_bytes + 32
+        if len(pending) > limit and b"\n" not in pending[:limit]:
             self._send_raw_error(None, _uri_too_long(self.limits))
 
     def _on_protocol_error(self, exc: h11.RemoteProtocolError) -> None:
-        pending = self.conn.trailing_data[0]
-        first_line_end = pending.find(b"\n")
-        if "too long" in str(exc) or "Receive buffer" in str(exc):
+        message = _describe(exc)
+        if message.startswith("Receive buffer too long"):
+            first_line_end = self.conn.trailing_data[0].find(b"\n")
             if first_line_end < 0 or first_line_end > self.limits.max_target_bytes + 32:
                 error = _uri_too_long(self.limits)
             else:
                 error = _head_too_large(self.limits)
+        elif exc.error_status_hint == 501:
+            error = APIError(501, "Only the chunked transfer coding is supported in requests.",
+                             code="unsupported_transfer_encoding")
         else:
-            status = exc.error_status_hint if exc.error_status_hint >= 400 else 400
-            error = APIError(status, f"Malformed HTTP request: {exc}.", code="bad_request")
+            status = exc.error_status_hint if 400 <= exc.error_status_hint < 500 else 400
+            error = APIError(status, f"Malformed HTTP request: {message}.", code="bad_request")
         self._send_raw_error(self.cycle.request if self.cycle else None, error)
 
     def _on_request(self, event: h11.Request) -> bool:
@@ -248,10 +334,12 @@ class HTTPProtocol(asyncio.Protocol, ResponseWriter):
         self._waiting_for_head = False
         headers = event.headers
         head_size = len(event.method) + len(event.target) + 12
-        has_length = has_chunked = expects_continue = False
+        has_length = has_chunked = control_byte = False
         content_length = 0
         for name, value in headers:
             head_size += len(name) + len(value) + 4
+            if _CONTROL_BYTE(value) is not None:
+                control_byte = True
             if name == b"content-length":
                 has_length = True
                 content_length = int(value)
@@ -277,6 +365,9 @@ class HTTPProtocol(asyncio.Protocol, ResponseWriter):
         elif has_length and has_chunked:
             error = APIError(400, "A request must not carry both Content-Length and Transfer-Encoding.",
                              code="bad_request")
+        elif control_byte:
+            error = APIError(400, "Malformed HTTP request: a header value contains a control character.",
+                             code="bad_request")
         if error is not None:
             self._send_raw_error(request, error)
             return False
@@ -289,10 +380,11 @@ class HTTPProtocol(asyncio.Protocol, ResponseWriter):
             return False
         if has_length or has_chunked:
             if self.conn.they_are_waiting_for_100_continue:
-                self.transport.write(self.conn.send(h11.InformationalResponse(status_code=100, headers=[])))
-            self._set_timer(self.limits.body_idle_timeout, self._on_body_timeout)
+                self.transport.write(self.conn.send(h11.InformationalResponse(
+                    status_code=100, headers=[], reason=b"Continue")))
+            self._set_deadline(self.limits.body_idle_timeout, self._on_body_timeout)
         else:
-            self._cancel_timer()
+            self._clear_deadline()
         return True
 
     def _on_body(self, data: bytes) -> None:
@@ -302,7 +394,7 @@ class HTTPProtocol(asyncio.Protocol, ResponseWriter):
             self._refuse_body(cycle.request)
             return
         cycle.body.append(data)
-        self._set_timer(self.limits.body_idle_timeout, self._on_body_timeout)
+        self._set_deadline(self.limits.body_idle_timeout, self._on_body_timeout)
 
     def _refuse_body(self, request: Request) -> None:
         self._send_raw_error(request, APIError(
@@ -342,15 +434,17 @@ class HTTPProtocol(asyncio.Protocol, ResponseWriter):
                 response = error_response(exc)
             if isinstance(response, StreamingResponse):
                 await self._stream(cycle, response)
-            else:
+            elif isinstance(response, Response):
                 self._respond(response)
+            else:
+                raise TypeError(f"the handler returned {type(response).__name__}, not a response")
         except asyncio.CancelledError:
             self._on_cancelled(cycle)
         except ClientGone:
             self._finish(cycle, keep_alive=False)
         except Exception as exc:
             self.app.log_error(f"handler for {request.method} {request.path} failed", exc)
-            if self.closed:
+            if self.closed or self.cycle is not cycle:
                 return
             if cycle.response_started:
                 self._end_aborted_stream(cycle)
@@ -372,83 +466,96 @@ class HTTPProtocol(asyncio.Protocol, ResponseWriter):
     def _end_aborted_stream(self, cycle: _Cycle) -> None:
         """Close a stream cut short with its terminating frame and a proper end of body."""
         if cycle.abort_frame:
-            self.write(cycle.abort_frame)
+            self.write_body(cycle, cycle.abort_frame)
             cycle.abort_frame = b""
         self._finish(cycle, keep_alive=False)
 
     # -- writing -----------------------------------------------------------------------------
 
-    def _start_response(self, status: int, headers: list, fixed_length: Optional[int]) -> bytes:
+    def _response_head(self, status: int, headers: list, fixed_length: Optional[int]) -> h11.Response:
+        """The h11 event of a response head, with the headers every response carries. Raises
+        ValueError/TypeError/LocalProtocolError if a handler gave an unusable status or header."""
         cycle = self.cycle
-        cycle.status = status
-        cycle.response_started = True
-        all_headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
-        all_headers.extend(self.app.response_headers(cycle.request))
+        all_headers = headers + self.app.response_headers(cycle.request)
+        all_headers.append(_SERVER_HEADER)
+        all_headers.append(_date.get())
         if fixed_length is not None:
-            all_headers.append((b"content-length", str(fixed_length).encode()))
+            all_headers.append((b"content-length", b"%d" % fixed_length))
         if not cycle.keep_alive or self._closing_after_cycle or self.registry.shutting_down or (
             self.requests_served + 1 >= self.limits.max_requests_per_connection
         ):
             cycle.keep_alive = False
             all_headers.append((b"connection", b"close"))
-        return self.conn.send(h11.Response(status_code=status, headers=all_headers, reason=_reason(status)))
+        return h11.Response(status_code=status, headers=all_headers, reason=_REASONS.get(status, b""))
 
     def _respond(self, response: Response) -> None:
         """Send a whole response and finish the cycle."""
-        if self.closed:
+        if self.closed or self._closing:
             return
         cycle = self.cycle
         body = response.body
-        data = self._start_response(response.status, response.headers, len(body))
+        try:
+            head = self._response_head(response.status, response.headers, len(body))
+        except (h11.LocalProtocolError, ValueError, TypeError) as exc:
+            self.app.log_error(f"handler for {cycle.request.method} {cycle.request.path} "
+                               "returned an invalid response", exc)
+            response = error_response(server_error())
+            body = response.body
+            head = self._response_head(response.status, response.headers, len(body))
+        cycle.status = response.status
+        cycle.response_started = True
+        conn = self.conn
+        data = conn.send(head)
         if body and cycle.request.method != "HEAD":
-            data += self.conn.send(h11.Data(data=body))
-        data += self.conn.send(h11.EndOfMessage())
+            data += conn.send(_h11_Data(data=body))
+            cycle.sent = len(body)
+        data += conn.send(_h11_EndOfMessage())
         self.transport.write(data)
-        cycle.sent = len(body)
         self._finish(cycle, keep_alive=cycle.keep_alive, message_ended=True)
 
     async def _stream(self, cycle: _Cycle, response: StreamingResponse) -> None:
-        cycle.streaming = True
+        try:
+            head = self._response_head(response.status, response.headers, None)
+        except (h11.LocalProtocolError, ValueError, TypeError) as exc:
+            self.app.log_error(f"handler for {cycle.request.method} {cycle.request.path} "
+                               "returned an invalid response", exc)
+            self._respond(error_response(server_error()))
+            return
+        cycle.status = response.status
+        cycle.response_started = True
         cycle.abort_frame = response.abort_frame
-        self.transport.write(self._start_response(response.status, response.headers, None))
-        await response.producer(self)
+        self.transport.write(self.conn.send(head))
+        if cycle.request.method != "HEAD":
+            await response.producer(_StreamWriter(self, cycle))
         if not self.closed:
             self._finish(cycle, keep_alive=cycle.keep_alive)
 
-    def write(self, data: bytes) -> None:
-        """Write one piece of a streaming body (event-loop thread)."""
-        if self.closed or not data or self.cycle is None:
+    def write_body(self, cycle: _Cycle, data: bytes) -> None:
+        """Write a piece of ``cycle``'s streamed body; past ``limits.max_unsent_bytes`` of unsent
+        output (a producer ignoring backpressure) the connection is dropped."""
+        if self.closed or self.cycle is not cycle or cycle.request.method == "HEAD":
             return
-        if self.cycle.request.method == "HEAD":
-            return
-        self.cycle.sent += len(data)
-        self.transport.write(self.conn.send(h11.Data(data=data)))
+        cycle.sent += len(data)
+        transport = self.transport
+        transport.write(self.conn.send(_h11_Data(data=data)))
+        if transport.get_write_buffer_size() > self.limits.max_unsent_bytes:
+            self.app.log_error(
+                f"client {self.client} left more than {self.limits.max_unsent_bytes} bytes unread; closing", None)
+            transport.abort()
 
     async def drain(self) -> None:
-        if self.closed:
-            raise ClientGone()
-        if self.flow.paused:
+        """Wait until the transport accepts output again (or ``limits.write_timeout`` passes, then
+        drop the connection)."""
+        if self.flow.paused and not self.closed:
             try:
                 await asyncio.wait_for(self.flow.wait_writable(), self.limits.write_timeout)
             except asyncio.TimeoutError:
-                self.app.log_error(f"client {self.client} read nothing for {self.limits.write_timeout}s; closing", None)
-                self.transport.abort()
-                raise ClientGone() from None
-            if self.closed:
-                raise ClientGone()
+                self.give_up_on_slow_reader()
 
-    def write_threadsafe(self, data: bytes) -> None:
-        waited = 0.0
-        while not self.flow.wait_writable_threadsafe(0.05):
-            waited += 0.05
-            if self.closed:
-                break
-            if waited >= self.limits.write_timeout:
-                self.loop.call_soon_threadsafe(self.transport.abort)
-                raise ClientGone()
-        if self.closed:
-            raise ClientGone()
-        self.loop.call_soon_threadsafe(self.write, data)
+    def give_up_on_slow_reader(self) -> None:
+        if not self.closed:
+            self.app.log_error(f"client {self.client} read nothing for {self.limits.write_timeout:g}s; closing", None)
+            self.transport.abort()
 
     def _finish(self, cycle: _Cycle, keep_alive: bool, message_ended: bool = False) -> None:
         """End the cycle: close the message, log it, then serve the next request or close."""
@@ -456,7 +563,7 @@ class HTTPProtocol(asyncio.Protocol, ResponseWriter):
             return
         if not message_ended and not self.closed:
             try:
-                self.transport.write(self.conn.send(h11.EndOfMessage()))
+                self.transport.write(self.conn.send(_h11_EndOfMessage()))
             except h11.LocalProtocolError:
                 keep_alive = False
         self._log(cycle)
@@ -464,43 +571,46 @@ class HTTPProtocol(asyncio.Protocol, ResponseWriter):
         self.requests_served += 1
         if self.closed:
             return
+        conn = self.conn
         if (
             not keep_alive
             or self._closing_after_cycle
             or self.registry.shutting_down
-            or self.conn.our_state is not h11.DONE
-            or self.conn.their_state is not h11.DONE
+            or conn.our_state is not _h11_DONE
+            or conn.their_state is not _h11_DONE
         ):
             self._close()
             return
-        self.conn.start_next_cycle()
+        conn.start_next_cycle()
         if self._reading_paused:
             self._reading_paused = False
             self.transport.resume_reading()
-        self._set_timer(self.limits.keepalive_timeout, self._on_idle_timeout)
-        if self.conn.trailing_data[0]:  # a pipelined request is already here
+        pending, eof = conn.trailing_data
+        if pending:  # a pipelined request is already here
             self._waiting_for_head = True
-            self._set_timer(self.limits.head_timeout, self._on_head_timeout)
-            if not self._in_handle_events:
-                self._handle_events()
+            self._set_deadline(self.limits.head_timeout, self._on_head_timeout)
+        else:
+            self._set_deadline(self.limits.keepalive_timeout, self._on_idle_timeout)
+        if (pending or eof) and not self._in_handle_events:
+            self._handle_events()
 
     def _log(self, cycle: _Cycle) -> None:
         self.app.log_access(cycle.request, cycle.status, cycle.sent, time.perf_counter() - cycle.started)
 
     def _send_raw_error(self, request: Optional[Request], error: APIError) -> None:
         """Answer ``error`` outside h11's state machine, then close (lingering for the client)."""
-        if self.closed or self._lingering:
+        if self.closed or self._lingering or self._closing:
             return
         cycle = self.cycle
         if cycle is not None and cycle.response_started:
             self._close()
             return
         body = error.to_json()
-        head = [b"HTTP/1.1 %d %s" % (error.status, _reason(error.status))]
+        head = [b"HTTP/1.1 %d %s" % (error.status, _REASONS.get(error.status, b""))]
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in error.headers]
         headers += self.app.response_headers(request)
-        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close")]
+        headers += [_SERVER_HEADER, _date.get(), (b"content-type", b"application/json"),
+                    (b"content-length", b"%d" % len(body)), (b"connection", b"close")]
         head += [name + b": " + value for name, value in headers]
         self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
         if request is not None:
@@ -519,27 +629,44 @@ class HTTPProtocol(asyncio.Protocol, ResponseWriter):
         if self._reading_paused:
             self._reading_paused = False
             self.transport.resume_reading()
-        self._set_timer(_LINGER_SECONDS, self._close)
+        self._set_deadline(_LINGER_SECONDS, self._close)
 
     def _close(self) -> None:
-        self._cancel_timer()
+        self._closing = True
+        self._clear_deadline()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
     # -- timers ------------------------------------------------------------------------------
+    # One deadline per connection. Moving it later costs two stores: the armed timer, on firing
+    # early, re-arms itself for the new deadline. Only an earlier deadline re-arms at once.
 
-    def _set_timer(self, seconds: float, callback) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self.loop.call_later(seconds, callback)
+    def _set_deadline(self, seconds: float, action) -> None:
+        deadline = self.loop.time() + seconds
+        self._deadline = deadline
+        self._on_deadline = action
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self.loop.call_at(deadline, self._deadline_reached)
 
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def _clear_deadline(self) -> None:
+        self._on_deadline = None
+
+    def _deadline_reached(self) -> None:
+        self._timer = None
+        action = self._on_deadline
+        if action is None or self.closed:
+            return
+        if self.loop.time() < self._deadline:
+            self._timer = self.loop.call_at(self._deadline, self._deadline_reached)
+            return
+        self._on_deadline = None
+        action()
 
     def _on_idle_timeout(self) -> None:
-        if self.cycle is None and not self._waiting_for_head:
+        if self.idle:
             self._close()
 
     def _on_head_timeout(self) -> None:
@@ -559,6 +686,7 @@ class HTTPProtocol(asyncio.Protocol, ResponseWriter):
 
     @property
     def idle(self) -> bool:
+        """No request is being received or answered."""
         return self.cycle is None and not self._waiting_for_head
 
     def shutdown(self) -> None:
@@ -590,6 +718,14 @@ def _header_has(headers, name: bytes, token: bytes) -> bool:
         if key == name and token in value.lower():
             return True
     return False
+
+
+def _describe(exc: h11.RemoteProtocolError) -> str:
+    """h11's complaint without the offending bytes it quotes (never echo a client's garbage)."""
+    text = str(exc)
+    for marker in (": bytearray(", ": b'", ': b"'):
+        text = text.split(marker, 1)[0]
+    return text.rstrip(".") or "unparsable request"
 
 
 def _uri_too_long(limits: Limits) -> APIError:

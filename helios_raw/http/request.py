@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from typing import Any, Optional
 from urllib.parse import parse_qsl, unquote
 
@@ -16,30 +15,30 @@ class Cancellation:
     """Set once, when the answer to a request is no longer wanted.
 
     That happens when the client goes away (EOF or a broken connection) or when a graceful shutdown
-    reaches its deadline. Worker threads poll :meth:`is_set` (a ``threading.Event`` underneath);
-    coroutines ``await wait()``. :meth:`set` must be called on the event loop's thread.
+    reaches its deadline. Worker threads poll :meth:`is_set` (a plain flag: reading it is safe from
+    any thread); coroutines ``await wait()``. :meth:`set` must be called on the event loop's thread.
     """
 
-    __slots__ = ("_event", "_future", "reason")
+    __slots__ = ("_set", "_future", "reason")
 
     def __init__(self) -> None:
-        self._event = threading.Event()
+        self._set = False
         self._future: Optional[asyncio.Future] = None
         self.reason = ""
 
     def is_set(self) -> bool:
-        return self._event.is_set()
+        return self._set
 
     def set(self, reason: str = "client disconnected") -> None:
-        if self._event.is_set():
+        if self._set:
             return
         self.reason = reason
-        self._event.set()
+        self._set = True
         if self._future is not None and not self._future.done():
             self._future.set_result(None)
 
     async def wait(self) -> None:
-        if self._event.is_set():
+        if self._set:
             return
         if self._future is None:
             self._future = asyncio.get_running_loop().create_future()
