@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="FILE", help="TOML config with [server], [local] and/or [llm]")
     parser.add_argument("--custom-endpoints", metavar="FILE", help="TOML file of [[endpoints]]")
     parser.add_argument("--backend", choices=("local", "remote"), help="force the local model or the remote upstream")
+    parser.add_argument("--no-model", action="store_true",
+                        help="serve no model: only /health and custom endpoints (no chat completions)")
     parser.add_argument("--model", metavar="PATH", help="GGUF model file to serve (implies the local backend)")
     parser.add_argument("--model-name", help="model id to serve it as (default: the file's name)")
     parser.add_argument("--chat-format", help="llama-cpp-python chat format, overriding the model's template")
@@ -43,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--agent", metavar="MODULE:OBJECT", help="serve an Agent (or a function returning one) from your code")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="logging level (default info)")
     parser.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
+    parser.add_argument("--shutdown-timeout", type=float, metavar="SECONDS",
+                        help="on SIGINT/SIGTERM, how long requests in flight may take to finish (default 10)")
     sub = parser.add_subparsers(dest="command")
     init = sub.add_parser("init", help="write a commented example config")
     init.add_argument("--output", "-o", default="config.toml", help="where to write it (default config.toml)")
@@ -63,7 +67,7 @@ def main(argv: Optional[list] = None) -> int:
         config = _config_from(args)
         _setup_logging(config.server.log_level)
         endpoints = endpoints_from_toml(args.custom_endpoints) if args.custom_endpoints else []
-        backend = _backend_from(args, config)
+        backend = None if args.no_model else _backend_from(args, config)
         strict = bool(getattr(config.local if config.backend_kind == "local" else config.llm, "strict_model_names", False))
         server = Server(config, backend, endpoints, strict_models=strict)
         asyncio.run(server.run_until_signal())
@@ -80,6 +84,9 @@ def main(argv: Optional[list] = None) -> int:
         return _fail(f"{exc.strerror or exc}.")
     except KeyboardInterrupt:
         return 0
+    except Exception as exc:  # a bug, not a user's mistake: still one sentence, details in the log
+        logging.getLogger("helios_raw").debug("unexpected error", exc_info=exc)
+        return _fail(f"Unexpected error: {type(exc).__name__}: {exc} (run with --log-level debug for details)")
 
 
 def _fail(sentence: str) -> int:
@@ -108,6 +115,12 @@ def _config_from(args: argparse.Namespace) -> Config:
         server.log_level = args.log_level
     if args.no_access_log:
         server.access_log = False
+    if args.shutdown_timeout is not None:
+        if not args.shutdown_timeout >= 0:
+            raise ConfigError("--shutdown-timeout must be a number of seconds, 0 or more")
+        server.shutdown_timeout = args.shutdown_timeout
+    if args.no_model and (args.model or args.agent or args.backend):
+        raise ConfigError("--no-model cannot be combined with --model, --agent or --backend")
     if args.model or args.model_name or args.chat_format or args.threads:
         if config.local is None and (args.model or args.backend != "remote"):
             config.local = LocalConfig()
