@@ -33,7 +33,7 @@ import orjson
 
 from .config import ConfigError, read_toml
 from .errors import APIError
-from .http.request import Request
+from .http.request import Cancellation, Request
 from .http.response import JSONResponse, Response, StreamingResponse
 
 METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH")
@@ -43,7 +43,9 @@ METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH")
 class EndpointRequest:
     """What a custom handler sees: ``query`` and ``params`` (path parameters) as dicts of strings,
     ``body`` as parsed JSON (None when empty or not JSON; ``raw_body`` keeps the bytes),
-    ``headers`` as a dict with lower-case names."""
+    ``headers`` as a dict with lower-case names. ``cancelled`` is set once the answer is no longer
+    wanted (the client left, or a shutdown deadline passed): a long handler may poll
+    ``cancelled.is_set()`` and stop early."""
 
     method: str
     path: str
@@ -52,6 +54,7 @@ class EndpointRequest:
     body: Any
     headers: dict
     raw_body: bytes = b""
+    cancelled: Cancellation = field(default_factory=Cancellation)
 
 
 class EndpointResponse:
@@ -269,7 +272,7 @@ def _view(request: Request) -> EndpointRequest:
         key = name.decode("latin-1")
         headers[key] = f"{headers[key]}, {value.decode('latin-1')}" if key in headers else value.decode("latin-1")
     return EndpointRequest(request.method, request.path, request.query, dict(request.params), body, headers,
-                           request.body)
+                           request.body, request.cancelled)
 
 
 def _to_response(result: Any) -> Response:

@@ -180,7 +180,7 @@ class HTTPProtocol(asyncio.Protocol):
         self.app = app
         self.limits = limits
         self.registry = registry
-        self.loop = asyncio.get_event_loop()
+        self.loop = asyncio.get_running_loop()
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head_bytes)
         self.transport: Optional[asyncio.Transport] = None
         self.flow = FlowControl()
@@ -608,9 +608,9 @@ class HTTPProtocol(asyncio.Protocol):
         body = error.to_json()
         head = [b"HTTP/1.1 %d %s" % (error.status, _REASONS.get(error.status, b""))]
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in error.headers]
+        headers.append((b"content-type", b"application/json"))
         headers += self.app.response_headers(request)
-        headers += [_SERVER_HEADER, _date.get(), (b"content-type", b"application/json"),
-                    (b"content-length", b"%d" % len(body)), (b"connection", b"close")]
+        headers += [_SERVER_HEADER, _date.get(), (b"content-length", b"%d" % len(body)), (b"connection", b"close")]
         head += [name + b": " + value for name, value in headers]
         self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
         if request is not None:

@@ -1,0 +1,542 @@
+"""HTTPProtocol fed exact bytes through a recording transport; assertions on the exact bytes written.
+
+The transport stands in for asyncio's socket transport (write, close, write_eof, pause_reading
+...); everything above it (protocol, h11, App, router, handlers) is the real code. The ``Date``
+header is the one varying part of a response; it is checked for shape, then replaced by ``DATE``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+
+import pytest
+
+from helios_raw.app import App
+from helios_raw.http.limits import Limits
+from helios_raw.http.protocol import HTTPProtocol
+from helios_raw.http.response import Response, StreamingResponse
+from helios_raw.http.server import ConnectionRegistry
+from helios_raw.openai.handlers import health_route
+
+DATE = re.compile(rb"\r\ndate: (?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT\r\n")
+
+HEALTH_OK = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\naccess-control-allow-origin: *\r\n"
+    b"server: helios_raw\r\ndate: DATE\r\ncontent-length: 15\r\n\r\n{\"status\":\"ok\"}"
+)
+# The server's own decision to close (request limit, shutdown) is ``connection: close``; h11
+# rewrites it as ``Connection: close`` when the client asked (HTTP/1.0, ``Connection: close``).
+HEALTH_OK_CLOSE = HEALTH_OK.replace(b"content-length: 15\r\n", b"content-length: 15\r\nconnection: close\r\n")
+HEALTH_OK_CLIENT_CLOSE = HEALTH_OK.replace(b"content-length: 15\r\n", b"content-length: 15\r\nConnection: close\r\n")
+GET_HEALTH = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def status_lines(data: bytes) -> int:
+    """How many responses (status lines) ``data`` holds."""
+    return len(re.findall(rb"HTTP/1\.1 \d{3} ", data))
+
+
+def error_bytes(status: bytes, body: bytes) -> bytes:
+    """A protocol-level error: JSON body, CORS, Server, Date, then close."""
+    return (
+        b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\naccess-control-allow-origin: *\r\n"
+        b"server: helios_raw\r\ndate: DATE\r\ncontent-length: " + str(len(body)).encode()
+        + b"\r\nconnection: close\r\n\r\n" + body
+    )
+
+
+def error_body(message: str, code: str, type_: str = "invalid_request_error") -> bytes:
+    return (b'{"error":{"message":"' + message.encode() + b'","type":"' + type_.encode()
+            + b'","param":null,"code":"' + code.encode() + b'"}}')
+
+
+class RecordingTransport(asyncio.Transport):
+    """Records what the protocol writes and how it steers the connection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.protocol = None
+        self.closing = False
+        self.eof_written = False
+        self.reading = True
+        self.aborted = False
+        self.buffered = 0
+
+    def write(self, data) -> None:
+        assert not self.eof_written, "write after write_eof"
+        assert not self.closing, "write after close"
+        self.written += data
+
+    def get_extra_info(self, name, default=None):
+        return {"peername": ("127.0.0.1", 50000)}.get(name, default)
+
+    def set_write_buffer_limits(self, high=None, low=None) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        if not self.closing:
+            self.closing = True
+            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
+
+    def abort(self) -> None:
+        self.aborted = True
+        self.close()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof_written = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+
+class Wire:
+    """One HTTPProtocol on a recording transport."""
+
+    def __init__(self, app: App, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+        self.transport = RecordingTransport()
+        self.registry = ConnectionRegistry(self.limits)
+        self.protocol = HTTPProtocol(app, self.limits, self.registry)
+        self.transport.protocol = self.protocol
+        self.protocol.connection_made(self.transport)
+
+    def feed(self, *chunks: bytes) -> None:
+        for chunk in chunks:
+            self.protocol.data_received(chunk)
+
+    def take(self) -> bytes:
+        """What was written since the last call, with each Date header's value replaced."""
+        data = bytes(self.transport.written)
+        self.transport.written.clear()
+        return DATE.sub(b"\r\ndate: DATE\r\n", data)
+
+    async def settle(self) -> None:
+        """Let scheduled callbacks and tasks run."""
+        for _ in range(20):
+            await asyncio.sleep(0)
+
+
+class Gate:
+    """Holds the /wait handler until released; records cancellation."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.requests = []
+
+
+def make_app(gate: Gate | None = None) -> App:
+    app = App()
+    app.add_route("GET", "/health", health_route(None), inline=True)
+    app.add_route("POST", "/echo", lambda request: Response(request.body, content_type="text/plain"), inline=True)
+
+    async def wait(request):
+        gate.requests.append(request)
+        await gate.release.wait()
+        return Response(b"released", content_type="text/plain")
+
+    async def stream(request):
+        async def produce(writer):
+            writer.write(b"one")
+            await writer.drain()
+            writer.write(b"two")
+
+        return StreamingResponse(produce, content_type="text/plain")
+
+    app.add_route("GET", "/wait", wait)
+    app.add_route("GET", "/stream", stream)
+    return app
+
+
+def in_loop(test):
+    @functools.wraps(test)
+    def run(*args, **kwargs):
+        return asyncio.run(test(*args, **kwargs))
+
+    return run
+
+
+# -- well-formed traffic -----------------------------------------------------------------------
+
+@in_loop
+async def test_get_is_answered_with_exact_bytes_and_the_connection_stays_open():
+    wire = Wire(make_app())
+    wire.feed(GET_HEALTH)
+    assert wire.take() == HEALTH_OK
+    assert not wire.transport.closing and not wire.transport.eof_written
+
+
+@in_loop
+async def test_date_header_is_an_http_date():
+    wire = Wire(make_app())
+    wire.feed(GET_HEALTH)
+    assert DATE.search(bytes(wire.transport.written))
+
+
+@in_loop
+async def test_request_split_into_single_bytes_is_parsed():
+    wire = Wire(make_app())
+    wire.feed(*[GET_HEALTH[i:i + 1] for i in range(len(GET_HEALTH))])
+    assert wire.take() == HEALTH_OK
+
+
+@in_loop
+async def test_pipelined_requests_in_one_read_are_answered_in_order():
+    wire = Wire(make_app())
+    wire.feed(GET_HEALTH + b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc" + GET_HEALTH)
+    echo = (b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\naccess-control-allow-origin: *\r\n"
+            b"server: helios_raw\r\ndate: DATE\r\ncontent-length: 3\r\n\r\nabc")
+    assert wire.take() == HEALTH_OK + echo + HEALTH_OK
+
+
+@in_loop
+async def test_pipelined_request_waits_for_the_slow_one_before_it():
+    gate = Gate()
+    wire = Wire(make_app(gate))
+    wire.feed(b"GET /wait HTTP/1.1\r\nHost: x\r\n\r\n" + GET_HEALTH)
+    await wire.settle()
+    assert wire.take() == b""  # /health is not answered before /wait
+    gate.release.set()
+    await wire.settle()
+    assert wire.take() == (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\naccess-control-allow-origin: *\r\n"
+        b"server: helios_raw\r\ndate: DATE\r\ncontent-length: 8\r\n\r\nreleased" + HEALTH_OK)
+
+
+@in_loop
+async def test_head_gets_the_get_headers_and_no_body():
+    wire = Wire(make_app())
+    wire.feed(b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n" + GET_HEALTH)
+    assert wire.take() == HEALTH_OK[: -len(b'{"status":"ok"}')] + HEALTH_OK
+
+
+@in_loop
+async def test_http_1_0_is_answered_then_closed():
+    wire = Wire(make_app())
+    wire.feed(b"GET /health HTTP/1.0\r\n\r\n")
+    assert wire.take() == HEALTH_OK_CLIENT_CLOSE
+    assert wire.transport.closing
+
+
+@in_loop
+async def test_connection_close_is_honoured_and_anything_after_it_ignored():
+    wire = Wire(make_app())
+    wire.feed(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" + GET_HEALTH + b"garbage\r\n\r\n")
+    assert wire.take() == HEALTH_OK_CLIENT_CLOSE
+    assert wire.transport.closing
+
+
+@in_loop
+async def test_bytes_after_a_connection_close_request_in_flight_are_not_parsed():
+    gate = Gate()
+    wire = Wire(make_app(gate))
+    wire.feed(b"GET /wait HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", b"\x00garbage\r\n\r\n", GET_HEALTH)
+    await wire.settle()
+    assert wire.take() == b""
+    gate.release.set()
+    await wire.settle()
+    out = wire.take()
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n") and out.endswith(b"Connection: close\r\n\r\nreleased")
+    assert status_lines(out) == 1
+
+
+@in_loop
+async def test_expect_100_continue_gets_an_interim_response_before_the_body():
+    wire = Wire(make_app())
+    wire.feed(b"POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+    assert wire.take() == b"HTTP/1.1 100 Continue\r\n\r\n"
+    wire.feed(b"hello")
+    assert wire.take().endswith(b"content-length: 5\r\n\r\nhello")
+
+
+@in_loop
+async def test_chunked_upload_in_pieces_is_reassembled():
+    wire = Wire(make_app())
+    wire.feed(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+              b"5\r\nhel", b"lo\r\n", b"6;ext=1\r\n world\r\n", b"0\r\nTrailer: x\r\n\r\n")
+    assert wire.take().endswith(b"content-length: 11\r\n\r\nhello world")
+
+
+@in_loop
+async def test_streaming_response_is_chunked():
+    wire = Wire(make_app())
+    wire.feed(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+    await wire.settle()
+    assert wire.take() == (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\naccess-control-allow-origin: *\r\n"
+        b"server: helios_raw\r\ndate: DATE\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\none\r\n3\r\ntwo\r\n0\r\n\r\n")
+
+
+@in_loop
+async def test_streaming_response_to_http_1_0_is_delimited_by_close():
+    wire = Wire(make_app())
+    wire.feed(b"GET /stream HTTP/1.0\r\n\r\n")
+    await wire.settle()
+    assert wire.take() == (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\naccess-control-allow-origin: *\r\n"
+        b"server: helios_raw\r\ndate: DATE\r\nConnection: close\r\n\r\nonetwo")
+    assert wire.transport.closing
+
+
+@in_loop
+async def test_last_request_allowed_on_a_connection_says_close():
+    wire = Wire(make_app(), Limits(max_requests_per_connection=2))
+    wire.feed(GET_HEALTH + GET_HEALTH + GET_HEALTH)
+    assert wire.take() == HEALTH_OK + HEALTH_OK_CLOSE
+    assert wire.transport.closing
+
+
+@in_loop
+async def test_half_close_with_a_request_in_flight_still_gets_the_answer():
+    gate = Gate()
+    wire = Wire(make_app(gate))
+    wire.feed(b"GET /wait HTTP/1.1\r\nHost: x\r\n\r\n" + GET_HEALTH)
+    assert wire.protocol.eof_received() is True  # keep the transport open for the answers
+    await wire.settle()
+    assert gate.requests[0].cancelled.is_set()
+    gate.release.set()
+    await wire.settle()
+    out = wire.take()
+    assert out.endswith(b"released" + HEALTH_OK)
+    assert wire.transport.closing
+
+
+@in_loop
+async def test_eof_in_the_middle_of_a_body_closes_without_an_answer():
+    wire = Wire(make_app())
+    wire.feed(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+    assert wire.protocol.eof_received() is False
+    assert wire.take() == b"" and wire.transport.closing
+
+
+# -- smuggling and malformed framing -------------------------------------------------------------
+
+SMUGGLE_400 = error_bytes(b"400 Bad Request", error_body(
+    "A request must not carry both Content-Length and Transfer-Encoding.", "bad_request"))
+
+
+@pytest.mark.parametrize("head", [
+    b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+])
+@in_loop
+async def test_content_length_with_transfer_encoding_is_refused_and_nothing_behind_it_answered(head):
+    wire = Wire(make_app())
+    wire.feed(head + b"0\r\n\r\n" + GET_HEALTH)
+    assert wire.take() == SMUGGLE_400
+    assert wire.transport.eof_written
+    wire.feed(GET_HEALTH)  # still read (lingering close) but never answered
+    assert wire.take() == b""
+
+
+@pytest.mark.parametrize("coding", [b"gzip", b"chunked, gzip", b"identity", b"xchunked"])
+@in_loop
+async def test_unsupported_transfer_coding_is_501(coding):
+    wire = Wire(make_app())
+    wire.feed(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: " + coding + b"\r\n\r\n0\r\n\r\n" + GET_HEALTH)
+    assert wire.take() == error_bytes(b"501 Not Implemented", error_body(
+        "Only the chunked transfer coding is supported in requests.", "unsupported_transfer_encoding"))
+
+
+@pytest.mark.parametrize("body", [
+    b"zz\r\nabc\r\n0\r\n\r\n",                    # size not hex
+    b"3\r\nabcdef\r\n0\r\n\r\n",                  # more data than announced
+    b"-3\r\nabc\r\n0\r\n\r\n",                    # negative size
+    b"3\r\nabc0\r\n\r\n",                         # missing CRLF after data
+])
+@in_loop
+async def test_malformed_chunked_body_is_400_and_closes(body):
+    wire = Wire(make_app())
+    wire.feed(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + body + GET_HEALTH)
+    out = wire.take()
+    assert out.startswith(b"HTTP/1.1 400 Bad Request\r\n") and status_lines(out) == 1
+    assert b'"code":"bad_request"' in out and b"connection: close" in out
+    assert wire.transport.eof_written
+
+
+@pytest.mark.parametrize("version", [b"HTTP/2.0", b"HTTP/1.2", b"HTTP/3.0", b"HTTP/0.9"])
+@in_loop
+async def test_other_http_versions_are_505(version):
+    wire = Wire(make_app())
+    wire.feed(b"GET /health " + version + b"\r\nHost: x\r\n\r\n")
+    assert wire.take() == error_bytes(b"505 HTTP Version Not Supported", error_body(
+        "Only HTTP/1.0 and HTTP/1.1 are supported.", "http_version_not_supported"))
+
+
+@in_loop
+async def test_http2_preface_is_refused_not_served():
+    wire = Wire(make_app())
+    wire.feed(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    out = wire.take()
+    assert out.startswith(b"HTTP/1.1 505 ") and status_lines(out) == 1
+
+
+@pytest.mark.parametrize("value", [b"a\x01b", b"a\x7fb", b"a\x1bb", b"\x08"])
+@in_loop
+async def test_control_bytes_in_a_header_value_are_400(value):
+    wire = Wire(make_app())
+    wire.feed(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Test: " + value + b"\r\n\r\n")
+    assert wire.take() == error_bytes(b"400 Bad Request", error_body(
+        "Malformed HTTP request: a header value contains a control character.", "bad_request"))
+
+
+@in_loop
+async def test_tab_and_high_bytes_in_a_header_value_are_accepted():
+    wire = Wire(make_app())
+    wire.feed(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Test: a\tb \xe9\r\n\r\n")
+    assert wire.take() == HEALTH_OK
+
+
+@pytest.mark.parametrize("raw, message", [
+    (b"\x00\x01\x02garbage\r\n\r\n", "illegal request line"),
+    (b"GET /he\x00alth HTTP/1.1\r\nHost: x\r\n\r\n", "illegal request line"),
+    (b"GET /health HTTP/1.1\r\nHost: x\r\nNoColonHere\r\n\r\n", "illegal header line"),
+    (b"GET /health HTTP/1.1\r\nHost: x\r\nBad Name: v\r\n\r\n", "illegal header line"),
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", "bad Content-Length"),
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1x\r\n\r\n", "bad Content-Length"),
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+     "conflicting Content-Length headers"),
+    (b"GET /health HTTP/1.1\r\n\r\n", "Missing mandatory Host: header"),
+    (b"GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "Found multiple Host: headers"),
+])
+@in_loop
+async def test_malformed_heads_get_400_without_echoing_the_bytes(raw, message):
+    wire = Wire(make_app())
+    wire.feed(raw)
+    assert wire.take() == error_bytes(b"400 Bad Request", error_body(f"Malformed HTTP request: {message}.",
+                                                                      "bad_request"))
+    assert wire.transport.eof_written
+
+
+@in_loop
+async def test_absurd_content_length_is_refused_before_any_body():
+    wire = Wire(make_app())
+    wire.feed(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n")
+    out = wire.take()
+    assert out.startswith(b"HTTP/1.1 400 ") and b"bad Content-Length" in out
+
+
+@in_loop
+async def test_bare_lf_line_endings_are_tolerated():
+    wire = Wire(make_app())
+    wire.feed(b"GET /health HTTP/1.1\nHost: x\n\n")
+    assert wire.take() == HEALTH_OK
+
+
+@in_loop
+async def test_obs_fold_continuation_is_unfolded_not_smuggled():
+    gate = Gate()
+    wire = Wire(make_app(gate))
+    wire.feed(b"GET /wait HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n  b\r\n\r\n")
+    await wire.settle()
+    assert gate.requests[0].header("x-folded") == "a b"
+    gate.release.set()
+    await wire.settle()
+    assert wire.take().endswith(b"released")
+
+
+# -- size limits ---------------------------------------------------------------------------------
+
+HEAD_431 = error_bytes(b"431 Request Header Fields Too Large", error_body(
+    "The request head is larger than 16384 bytes.", "request_header_fields_too_large"))
+
+
+@in_loop
+async def test_complete_100kb_head_in_one_read_is_431():
+    wire = Wire(make_app())
+    wire.feed(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n")
+    assert wire.take() == HEAD_431
+    assert wire.transport.eof_written
+
+
+@in_loop
+async def test_oversize_head_arriving_in_pieces_is_431_before_it_completes():
+    wire = Wire(make_app())
+    wire.feed(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+    for _ in range(30):
+        wire.feed(b"X-Filler: " + b"b" * 1000 + b"\r\n")
+    assert wire.take() == HEAD_431
+
+
+@in_loop
+async def test_5000_headers_in_one_read_are_431():
+    wire = Wire(make_app())
+    wire.feed(b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(5000)) + b"\r\n")
+    assert wire.take() == error_bytes(b"431 Request Header Fields Too Large", error_body(
+        "The request has more than 100 header fields.", "request_header_fields_too_large"))
+
+
+@in_loop
+async def test_header_count_at_the_limit_is_accepted():
+    wire = Wire(make_app())
+    wire.feed(b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(99)) + b"\r\n")
+    assert wire.take() == HEALTH_OK
+
+
+URI_414 = error_bytes(b"414 Request-URI Too Long", error_body(
+    "The request target is longer than 8192 bytes.", "uri_too_long"))
+
+
+@in_loop
+async def test_long_target_in_a_complete_head_is_414():
+    wire = Wire(make_app())
+    wire.feed(b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert wire.take() == URI_414
+
+
+@in_loop
+async def test_long_target_is_414_before_the_line_ends():
+    wire = Wire(make_app())
+    wire.feed(b"GET /")
+    for _ in range(10):
+        wire.feed(b"a" * 1000)
+    assert wire.take() == URI_414
+
+
+@in_loop
+async def test_content_length_over_the_limit_is_413_at_once_with_a_lingering_close():
+    wire = Wire(make_app(), Limits(max_body_bytes=1000))
+    wire.feed(b"POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1001\r\n\r\n")
+    assert wire.take() == error_bytes(b"413 Request Entity Too Large", error_body(
+        "The request body is larger than 1000 bytes.", "request_too_large"))
+    assert wire.transport.eof_written and not wire.transport.closing  # still reading, to discard
+    wire.feed(b"x" * 1001)
+    assert wire.take() == b""
+
+
+@in_loop
+async def test_chunked_body_over_the_limit_is_413():
+    wire = Wire(make_app(), Limits(max_body_bytes=10))
+    wire.feed(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", b"8\r\n12345678\r\n")
+    assert wire.take() == b""
+    wire.feed(b"8\r\n12345678\r\n")
+    assert wire.take().startswith(b"HTTP/1.1 413 ")
+
+
+@in_loop
+async def test_reading_pauses_while_pipelined_requests_pile_up():
+    gate = Gate()
+    wire = Wire(make_app(gate), Limits(max_head_bytes=1024))
+    wire.feed(b"GET /wait HTTP/1.1\r\nHost: x\r\n\r\n")
+    await wire.settle()
+    wire.feed(GET_HEALTH * 40)  # > 1 KiB waiting behind /wait
+    assert not wire.transport.reading
+    gate.release.set()
+    await wire.settle()
+    assert wire.transport.reading
+    assert wire.take().count(b"HTTP/1.1 200 OK") == 41
