@@ -46,7 +46,12 @@ _READ_SIZE_HINT = 64 * 1024
 
 
 class HTTPClientError(Exception):
-    """The request could not be completed; the message is one sentence."""
+    """The request could not be completed; the message is one sentence. ``reason`` says why
+    without naming the server (for messages shown to someone who should not learn its address)."""
+
+    def __init__(self, message: str, reason: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class ConnectError(HTTPClientError):
@@ -453,12 +458,14 @@ class HTTPClient:
         except asyncio.TimeoutError:
             raise ConnectTimeout(f"Connecting to {where} took longer than {self.connect_timeout:g} seconds.") from None
         except ssl.SSLError as exc:
-            raise ConnectError(f"The TLS handshake with {where} failed: {exc.reason or exc}.") from None
+            reason = f"the TLS handshake failed: {exc.reason or exc}"
+            raise ConnectError(f"The TLS handshake with {where} failed: {exc.reason or exc}.", reason) from None
         except socket.gaierror as exc:
-            raise ConnectError(f"The host {origin.host} could not be resolved: {exc.strerror or exc}.") from None
+            reason = f"the host name could not be resolved: {exc.strerror or exc}"
+            raise ConnectError(f"The host {origin.host} could not be resolved: {exc.strerror or exc}.", reason) from None
         except OSError as exc:
             reason = os.strerror(exc.errno) if exc.errno else str(exc)
-            raise ConnectError(f"Could not connect to {where}: {reason}.") from None
+            raise ConnectError(f"Could not connect to {where}: {reason}.", reason) from None
         self.connections_opened += 1
         origin.opened += 1
         return _Connection(origin, wire)
