@@ -732,3 +732,125 @@ def test_an_upstream_error_mid_conversation_reaches_the_client() -> None:
                 assert events[-1] == "[DONE]"
 
     run(scenario())
+
+
+# -- serving an agent from the command line ----------------------------------------------------------
+
+AGENT_MODULE = '''
+from helios_raw import Agent, tool
+
+
+@tool
+def get_weather(city: str) -> str:
+    """The current weather in a city."""
+    return f"{city}: 18 degrees, sunny"
+
+
+def make_agent():
+    return Agent("cli-weather", system_prompt="You are WeatherBot.", tools=[get_weather])
+
+
+not_an_agent = 42
+'''
+
+
+def cli_env(module_dir: Path) -> dict:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(module_dir)])}
+
+
+def test_cli_serves_an_agent_from_a_module_over_the_remote_backend(tmp_path: Path) -> None:
+    (tmp_path / "weather_agent.py").write_text(AGENT_MODULE)
+    upstream = ReplayUpstream({PARIS: [recorded_tool_calls(("get_weather", '{"city": "Paris"}')),
+                                       recorded_answer(PARIS_ANSWER)]})
+
+    async def scenario() -> None:
+        async with Serving(upstream.server):
+            config = tmp_path / "helios.toml"
+            config.write_text(f'[llm]\nmodel_name = "gpt-4o-mini"\nbase_url = "{upstream.base_url}"\n')
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "helios_raw", "--agent", "weather_agent:make_agent", "--config", str(config),
+                "--backend", "remote", "--bind", "127.0.0.1:0", "--no-access-log",
+                cwd=tmp_path, env=cli_env(tmp_path), stderr=asyncio.subprocess.PIPE)
+            try:
+                port = None
+                while port is None:
+                    line = (await process.stderr.readline()).decode()
+                    assert line, "the server exited before listening"
+                    found = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+                    port = int(found.group(1)) if found else None
+                drain = asyncio.ensure_future(process.stderr.read())
+
+                status, models = await exchange(port, "GET", "/v1/models")
+                assert status == 200 and [m["id"] for m in models["data"]] == ["cli-weather"]
+                status, body = await exchange(port, "POST", "/v1/chat/completions",
+                                              {"model": "cli-weather", "messages": [{"role": "user", "content": PARIS}]})
+                assert status == 200, body
+                assert body["model"] == "cli-weather"
+                assert body["choices"][0]["message"]["content"] == PARIS_ANSWER
+                first, second = upstream.received
+                assert first["messages"][0] == {"role": "system", "content": "You are WeatherBot."}
+                assert first["tools"][0]["function"]["name"] == "get_weather"
+                assert second["messages"][-1]["content"] == "Paris: 18 degrees, sunny"
+            finally:
+                process.terminate()
+                assert await process.wait() == 0
+            await drain
+
+    run(scenario())
+
+
+def test_cli_rejects_an_object_that_is_not_an_agent(tmp_path: Path) -> None:
+    (tmp_path / "weather_agent.py").write_text(AGENT_MODULE)
+    for spec, expected in (("weather_agent:not_an_agent", "is not an Agent"),
+                           ("weather_agent:missing", "has no attribute missing"),
+                           ("no_such_module:agent", "Cannot import no_such_module")):
+        result = subprocess.run([sys.executable, "-m", "helios_raw", "--agent", spec, "--backend", "remote"],
+                                cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1
+        assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+# -- over the real local backend -------------------------------------------------------------------
+
+
+def test_an_agent_over_the_local_model(tmp_path: Path) -> None:
+    from helios_raw.backends import create_backend
+    from helios_raw.config import LocalConfig
+    from tests.support.tiny_model import build_tiny_gguf
+
+    model = build_tiny_gguf(tmp_path / "tiny.gguf")
+
+    def local_config() -> Config:
+        config = Config(local=LocalConfig(model_path=str(model), max_tokens=12, seed=7, n_threads=1))
+        config.server.access_log = False
+        config.server.port = 0
+        return config
+
+    agent = Agent("local-agent", system_prompt="You are a weather assistant. Use the tools.", tools=[get_weather])
+    agent_server = ServerBuilder.with_agent(agent, "local-agent", local_config()).build()
+    plain_server = ServerBuilder(local_config()).backend(create_backend(local_config())).build()
+    question = {"messages": [{"role": "user", "content": "Hello world"}], "temperature": 0}
+
+    async def scenario() -> None:
+        async with Serving(agent_server) as port, Serving(plain_server) as plain_port:
+            await agent_server.backend.wait_ready()
+            await plain_server.backend.wait_ready()
+            status, body = await exchange(port, "POST", "/v1/chat/completions", {"model": "local-agent", **question})
+            assert status == 200, body
+            assert body["object"] == "chat.completion" and body["model"] == "local-agent"
+            choice = body["choices"][0]
+            assert choice["finish_reason"] in ("stop", "length")
+            assert isinstance(choice["message"]["content"], str) and choice["message"]["content"]
+            assert body["usage"]["completion_tokens"] > 0
+
+            status, direct = await exchange(plain_port, "POST", "/v1/chat/completions", {"model": "tiny", **question})
+            assert status == 200, direct
+            # The model read more than the user's message: the agent's system prompt and tool definitions.
+            assert body["usage"]["prompt_tokens"] > direct["usage"]["prompt_tokens"]
+
+            events = [e async for e in stream_chat(port, {"model": "local-agent", "stream": True, **question})]
+            assert events[-1] == "[DONE]" and events[0]["choices"][0]["delta"]["role"] == "assistant"
+            text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events[1:-1])
+            assert text and events[-2]["choices"][0]["finish_reason"] in ("stop", "length")
+
+    run(scenario())
