@@ -371,13 +371,15 @@ def test_one_upstream_connection_serves_many_requests(upstream):
 
 
 def test_client_disconnect_stops_the_upstream_generation(upstream):
-    """The whole answer is thousands of events; our client reads the first and hangs up. The
-    upstream logs its request as ended early: it sent a fraction of the full answer."""
-    body = {"model": "tiny", "messages": HELLO, "max_tokens": 1800, "temperature": 0, "stream": True}
+    """The whole answer is about two thousand events; our client reads the first and hangs up
+    (a reset, as a killed client does). The upstream logs its request as ended early: it sent
+    less than the full answer, so its generation was stopped."""
+    body = {"model": "tiny", "messages": HELLO, "max_tokens": 2000, "temperature": 0, "stream": True}
+    before = len(upstream.access())
     full = post(upstream.port, body)
-    assert wait_for(lambda: upstream.access()[-1]["sent"] != "0")
-    full_sent = int(upstream.access()[-1]["sent"])
-    assert full_sent == len(full.body) + 0 or full_sent > 100_000, (full_sent, len(full.body))
+    assert wait_for(lambda: len(upstream.access()) > before)
+    full_sent = int(upstream.access()[before]["sent"])
+    assert full_sent == len(full.body)
     before = len(upstream.access())
     with running(proxy_server(upstream.base_url)) as proxy:
         client = Client(proxy.port)
@@ -390,7 +392,7 @@ def test_client_disconnect_stops_the_upstream_generation(upstream):
         client.close()
         assert wait_for(lambda: len(upstream.access()) > before), upstream.log()[-2000:]
     cut = upstream.access()[before]
-    assert int(cut["sent"]) < full_sent / 2, (cut, full_sent)
+    assert int(cut["sent"]) < full_sent, (cut, full_sent)
 
 
 # ================================================================================================
@@ -765,7 +767,7 @@ def test_tls_upstream(upstream, tmp_path):
     assert plain.status == 200 and plain.json()["choices"][0]["message"] == direct["choices"][0]["message"]
     assert stream_text(sse_data(streamed.body)) == direct["choices"][0]["message"]["content"]
     assert front.connections == 1  # both requests over one TLS connection; the refused handshake never got through
-    assert refused.status == 502 and "certificate verify failed" in refused.error()["message"].lower()
+    assert refused.status == 502 and "certificate failed verification" in refused.error()["message"]
 
 
 # ================================================================================================

@@ -457,6 +457,10 @@ class HTTPClient:
             )
         except asyncio.TimeoutError:
             raise ConnectTimeout(f"Connecting to {where} took longer than {self.connect_timeout:g} seconds.") from None
+        except ssl.SSLCertVerificationError as exc:
+            reason = f"its TLS certificate failed verification: {exc.verify_message}"
+            raise ConnectError(f"The TLS certificate of {where} failed verification: {exc.verify_message}.",
+                               reason) from None
         except ssl.SSLError as exc:
             reason = f"the TLS handshake failed: {exc.reason or exc}"
             raise ConnectError(f"The TLS handshake with {where} failed: {exc.reason or exc}.", reason) from None
