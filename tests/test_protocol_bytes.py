@@ -499,13 +499,27 @@ async def test_long_target_in_a_complete_head_is_414():
     assert wire.take() == URI_414
 
 
+LINE_414 = error_bytes(b"414 Request-URI Too Long", error_body(
+    "The request line is longer than 8224 bytes.", "uri_too_long"))
+
+
 @in_loop
-async def test_long_target_is_414_before_the_line_ends():
+async def test_long_request_line_is_414_before_it_ends():
     wire = Wire(make_app())
     wire.feed(b"GET /")
     for _ in range(10):
         wire.feed(b"a" * 1000)
-    assert wire.take() == URI_414
+    assert wire.take() == LINE_414
+
+
+@pytest.mark.parametrize("pieces", [1, 20], ids=["one-read", "many-reads"])
+@in_loop
+async def test_long_method_is_414_however_it_arrives(pieces):
+    data = b"G" * 20_000 + b" / HTTP/1.1\r\nHost: x\r\n\r\n"
+    wire = Wire(make_app())
+    step = len(data) // pieces + 1
+    wire.feed(*[data[i:i + step] for i in range(0, len(data), step)])
+    assert wire.take() == LINE_414
 
 
 @in_loop

@@ -311,14 +311,14 @@ class HTTPProtocol(asyncio.Protocol):
         pending = self.conn.trailing_data[0]
         limit = self.limits.max_target_bytes + 32
         if len(pending) > limit and b"\n" not in pending[:limit]:
-            self._send_raw_error(None, _uri_too_long(self.limits))
+            self._send_raw_error(None, _request_line_too_long(self.limits))
 
     def _on_protocol_error(self, exc: h11.RemoteProtocolError) -> None:
         message = _describe(exc)
         if message.startswith("Receive buffer too long"):
             first_line_end = self.conn.trailing_data[0].find(b"\n")
             if first_line_end < 0 or first_line_end > self.limits.max_target_bytes + 32:
-                error = _uri_too_long(self.limits)
+                error = _request_line_too_long(self.limits)
             else:
                 error = _head_too_large(self.limits)
         elif exc.error_status_hint == 501:
@@ -357,6 +357,8 @@ class HTTPProtocol(asyncio.Protocol):
             error = APIError(505, "Only HTTP/1.0 and HTTP/1.1 are supported.", code="http_version_not_supported")
         elif len(event.target) > self.limits.max_target_bytes:
             error = _uri_too_long(self.limits)
+        elif len(event.method) + len(event.target) > self.limits.max_target_bytes + 32:
+            error = _request_line_too_long(self.limits)
         elif len(headers) > self.limits.max_header_count:
             error = APIError(431, f"The request has more than {self.limits.max_header_count} header fields.",
                              code="request_header_fields_too_large")
@@ -730,6 +732,11 @@ def _describe(exc: h11.RemoteProtocolError) -> str:
 
 def _uri_too_long(limits: Limits) -> APIError:
     return APIError(414, f"The request target is longer than {limits.max_target_bytes} bytes.", code="uri_too_long")
+
+
+def _request_line_too_long(limits: Limits) -> APIError:
+    return APIError(414, f"The request line is longer than {limits.max_target_bytes + 32} bytes.",
+                    code="uri_too_long")
 
 
 def _head_too_large(limits: Limits) -> APIError:
