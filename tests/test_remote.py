@@ -30,7 +30,6 @@ from typing import Awaitable, Callable, Optional
 import orjson
 import pytest
 
-from benchmarks.load import ServerProcess
 from helios_raw import Config, EndpointBuilder, RemoteConfig, ServerBuilder
 from helios_raw.backends.remote import RemoteBackend, SSEDecoder
 from helios_raw.http.client import ConnectTimeout, HTTPClient, ReadTimeout, RemoteProtocolError
@@ -94,6 +93,38 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
     return predicate()
 
 
+class HeliosProcess:
+    """``python -m helios_raw ARGS`` in a subprocess; ``port`` is parsed from its "listening on"
+    log line and ``output`` keeps every line it prints (stdout and stderr)."""
+
+    def __init__(self, *args: str, cwd: Optional[Path] = None) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.process = subprocess.Popen([sys.executable, "-m", "helios_raw", *args], stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd)
+        self.output: list = []
+        self.port = 0
+        for line in self.process.stdout:
+            self.output.append(line)
+            found = re.search(r"listening on http://\S+:(\d+)", line)
+            if found:
+                self.port = int(found.group(1))
+                break
+        assert self.port, "".join(self.output)
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        for line in self.process.stdout:
+            self.output.append(line)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
 # -- the real upstream: a helios_raw process serving the tiny model -----------------------------
 
 
@@ -109,9 +140,7 @@ class Upstream:
         config = directory / "upstream.toml"
         config.write_text(f'[local]\nmodel_path = "{model}"\nmodel_name = "tiny"\nstrict_model_names = true\n'
                           f'n_threads = 1\nseed = 0\n')
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self.process = ServerProcess([sys.executable, "-m", "helios_raw", "--bind", "127.0.0.1:0",
-                                      "--config", str(config)], env=env, cwd=str(directory))
+        self.process = HeliosProcess("--bind", "127.0.0.1:0", "--config", str(config), cwd=directory)
         self.port = self.process.port
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         assert wait_for(lambda: self.health() == "ok", 60), self.log()
@@ -393,6 +422,38 @@ def test_client_disconnect_stops_the_upstream_generation(upstream):
         assert wait_for(lambda: len(upstream.access()) > before), upstream.log()[-2000:]
     cut = upstream.access()[before]
     assert int(cut["sent"]) < full_sent, (cut, full_sent)
+
+
+def test_cli_serves_the_llm_section_as_a_proxy(upstream, tmp_path):
+    config = tmp_path / "proxy.toml"
+    config.write_text(f'[llm]\nmodel_name = "tiny"\nbase_url = "{upstream.base_url}"\nstrict_model_names = true\n')
+    proxy = HeliosProcess("--bind", "127.0.0.1:0", "--config", str(config), "--no-access-log")
+    try:
+        with Client(proxy.port) as client:
+            client.request("GET", "/v1/models")
+            models = client.read_response().json()
+            client.request("GET", "/health")
+            health = client.read_response().json()
+        answer = post(proxy.port, {"model": "tiny", "messages": HELLO, "max_tokens": 2})
+        before = len(upstream.access())
+        unknown = post(proxy.port, {"model": "gpt-4", "messages": HELLO})
+    finally:
+        proxy.stop()
+    assert [m["id"] for m in models["data"]] == ["tiny"]
+    assert health == {"status": "ok", "model": "tiny", "backend_state": "ready", "backend": "remote"}
+    assert answer.status == 200 and answer.json()["usage"]["completion_tokens"] == 2
+    assert unknown.status == 404 and unknown.error()["code"] == "model_not_found"
+    assert len(upstream.access()) == before  # refused by the proxy itself
+
+
+def test_cli_refuses_a_base_url_that_is_not_http(tmp_path):
+    config = tmp_path / "proxy.toml"
+    config.write_text('[llm]\nbase_url = "ftp://example.com/v1"\n')
+    done = subprocess.run([sys.executable, "-m", "helios_raw", "--config", str(config)], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode != 0
+    assert done.stderr.strip() == ("helios_raw: [llm] base_url 'ftp://example.com/v1' must be an http:// or "
+                                   "https:// URL with a host.")
 
 
 # ================================================================================================
