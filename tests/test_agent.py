@@ -355,10 +355,10 @@ def stream_of(response: dict, include_usage: bool) -> list[dict]:
 # -- a client speaking HTTP/1.1 through h11 ------------------------------------------------------
 
 
-async def exchange(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+async def exchange(port: int, method: str, path: str, body: Any = None, headers: tuple = ()) -> tuple[int, Any]:
     """One request on a fresh connection: the status and the JSON body."""
     status, chunks = None, []
-    async for item in _request(port, method, path, body):
+    async for item in _request(port, method, path, body, headers):
         if isinstance(item, h11.Response):
             status = item.status_code
         else:
@@ -384,11 +384,12 @@ async def stream_chat(port: int, body: dict) -> AsyncIterator[Any]:
     assert pending == b""
 
 
-async def _request(port: int, method: str, path: str, body: Any) -> AsyncIterator[Any]:
+async def _request(port: int, method: str, path: str, body: Any, extra_headers: tuple = ()) -> AsyncIterator[Any]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     conn = h11.Connection(h11.CLIENT)
     data = orjson.dumps(body) if body is not None else b""
-    headers = [("host", "test"), ("content-type", "application/json"), ("content-length", str(len(data)))]
+    headers = [("host", "test"), ("content-type", "application/json"), ("content-length", str(len(data))),
+               *extra_headers]
     writer.write(conn.send(h11.Request(method=method, target=path, headers=headers))
                  + conn.send(h11.Data(data=data)) + conn.send(h11.EndOfMessage()))
     try:
