@@ -1,0 +1,253 @@
+"""Limits and timeouts over real sockets, with small configured values: the slowloris head
+deadline, the body idle timeout, keep-alive idle, requests per connection, maximum connections,
+and the bounds on unsent output when a client reads slowly or not at all."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+
+import pytest
+
+from helios_raw import EndpointBuilder, Limits, StreamingResponse, get
+from helios_raw.http.response import ClientGone
+from tests.support.rawhttp import Client, ConnectionClosed, build_server, running
+
+PIECE = 64 * 1024
+
+
+def _pieces(count: int):
+    """``count`` distinct 64 KiB pieces, so a reordered or dropped piece is noticed."""
+    return [(b"%08d" % i) * (PIECE // 8) for i in range(count)]
+
+
+def _trickle(client: Client, stop: threading.Event, interval: float, first: bytes, then: bytes) -> None:
+    try:
+        client.send(first)
+        while not stop.wait(interval):
+            client.send(then)
+    except OSError:
+        pass
+
+
+def test_slowloris_head_deadline_is_not_reset_by_trickled_bytes():
+    limits = Limits(head_timeout=0.5, keepalive_timeout=30)
+    with running(build_server(limits=limits)) as server, Client(server.port) as client:
+        stop = threading.Event()
+        trickler = threading.Thread(target=_trickle, daemon=True, args=(
+            client, stop, 0.05, b"GET /health HTTP/1.1\r\nHost: x\r\n", b"X-Slow: 1\r\n"))
+        trickler.start()
+        try:
+            answer = client.read_response()  # arrives although bytes keep coming
+        finally:
+            stop.set()
+            trickler.join()
+        assert answer.status == 408 and answer.error()["code"] == "request_timeout"
+        assert answer.header("connection") == "close"
+
+
+def test_idle_connection_that_never_sends_is_closed_after_keepalive_timeout():
+    with running(build_server(limits=Limits(keepalive_timeout=0.3))) as server, Client(server.port) as client:
+        assert client.closed_by_server()
+
+
+def test_body_idle_timeout():
+    limits = Limits(body_idle_timeout=0.3)
+    endpoint = EndpointBuilder.post("/echo").handle(lambda request: {"n": len(request.raw_body)}).build()
+    with running(build_server([endpoint], limits=limits)) as server, Client(server.port) as client:
+        client.request("POST", "/echo", [("Content-Length", "10")])
+        client.send(b"abc")
+        answer = client.read_response()
+        assert answer.status == 408 and "body" in answer.error()["message"]
+
+
+def test_body_idle_timer_restarts_with_each_piece_of_body():
+    limits = Limits(body_idle_timeout=1.0)
+    endpoint = EndpointBuilder.post("/echo").handle(lambda request: {"n": len(request.raw_body)}).build()
+    with running(build_server([endpoint], limits=limits)) as server, Client(server.port) as client:
+        client.request("POST", "/echo", [("Content-Length", "15")])
+        for _ in range(15):  # 15 x 0.1 s: longer than the timeout in total, never idle for it
+            time.sleep(0.1)
+            client.send(b"x")
+        assert client.read_response().json() == {"n": 15}
+
+
+def test_keepalive_idle_timeout_closes_a_quiet_connection():
+    with running(build_server(limits=Limits(keepalive_timeout=0.3))) as server, Client(server.port) as client:
+        client.request("GET", "/health")
+        assert client.read_response().status == 200
+        assert client.closed_by_server()
+
+
+def test_requests_per_connection():
+    with running(build_server(limits=Limits(max_requests_per_connection=3))) as server, Client(server.port) as client:
+        client.send(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 5)
+        answers = [client.read_response() for _ in range(3)]
+        assert [a.header("connection") for a in answers] == [None, None, "close"]
+        assert client.closed_by_server()
+
+
+def test_idle_keepalive_connections_make_room_for_real_requests():
+    with running(build_server(limits=Limits(max_connections=2, keepalive_timeout=30))) as server:
+        first, second = Client(server.port), Client(server.port)
+        for client in (first, second):
+            client.request("GET", "/health")
+            assert client.read_response().status == 200
+        with Client(server.port) as third:
+            third.request("GET", "/health")
+            assert third.read_response().status == 200
+        assert first.closed_by_server()  # the oldest idle connection gave up its place
+        second.request("GET", "/health")
+        assert second.read_response().status == 200
+        first.close()
+        second.close()
+
+
+def test_connections_that_send_nothing_do_not_starve_real_requests():
+    with running(build_server(limits=Limits(max_connections=3, keepalive_timeout=30))) as server:
+        silent = [Client(server.port) for _ in range(10)]
+        with Client(server.port) as client:
+            client.request("GET", "/health")
+            assert client.read_response().status == 200
+        for sock in silent:
+            sock.close()
+
+
+def test_busy_server_refuses_a_new_connection_with_503():
+    gate = threading.Event()
+    endpoint = EndpointBuilder.get("/hold").handle(lambda request: {"held": gate.wait(10)}).build()
+    with running(build_server([endpoint], limits=Limits(max_connections=2))) as server:
+        busy = [Client(server.port), Client(server.port)]
+        for client in busy:
+            client.request("GET", "/hold")
+        _wait_until(lambda: sum(not c.idle for c in server.connections()) == 2)
+        with Client(server.port) as refused:
+            answer = refused.read_response()
+            assert answer.status == 503 and answer.error()["code"] == "too_many_connections"
+            assert answer.header("retry-after") == "1"
+        gate.set()
+        for client in busy:
+            assert client.read_response().json() == {"held": True}
+            client.close()
+
+
+def _wait_until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition never became true"
+        time.sleep(0.01)
+
+
+# -- slow readers ---------------------------------------------------------------------------------
+
+class Producer:
+    """A streaming endpoint writing ``count`` pieces; records how far it got and how it ended."""
+
+    def __init__(self, count: int, drain: bool = True) -> None:
+        self.pieces = _pieces(count)
+        self.drain = drain
+        self.written = 0
+        self.outcome = None
+        self.done = threading.Event()
+
+    def endpoint(self, path: str = "/big"):
+        async def handler(request):
+            return StreamingResponse(self.produce, content_type="application/octet-stream")
+
+        return EndpointBuilder.get(path).handle(handler).build()
+
+    async def produce(self, writer) -> None:
+        try:
+            for piece in self.pieces:
+                if writer.closed:
+                    self.outcome = "closed"
+                    return
+                writer.write(piece)
+                self.written += 1
+                if self.drain:
+                    await writer.drain()
+                else:
+                    await asyncio.sleep(0)
+            self.outcome = "complete"
+        except ClientGone:
+            self.outcome = "client gone"
+        except asyncio.CancelledError:
+            self.outcome = "cancelled"
+            raise
+        finally:
+            self.done.set()
+
+
+def test_slow_reader_bounds_the_servers_buffer_and_loses_nothing():
+    producer = Producer(count=200)  # 12.5 MiB
+    limits = Limits(write_buffer_high=256 * 1024, write_buffer_low=64 * 1024)
+    with running(build_server([producer.endpoint()], limits=limits)) as server, Client(server.port) as client:
+        client.request("GET", "/big")
+        _wait_until(lambda: any(c.flow.paused for c in server.connections()))
+        (connection,) = server.connections()
+        assert connection.transport.get_write_buffer_size() <= limits.write_buffer_high + PIECE + 64
+        assert producer.written < len(producer.pieces)  # waiting for the reader, not racing ahead
+        assert client.read_response().body == b"".join(producer.pieces)
+        assert producer.outcome == "complete"
+
+
+def test_reader_that_never_reads_is_dropped_after_write_timeout(caplog):
+    caplog.set_level(logging.WARNING, logger="helios_raw.error")
+    producer = Producer(count=400)
+    limits = Limits(write_timeout=0.5)
+    with running(build_server([producer.endpoint()], limits=limits)) as server, Client(server.port) as client:
+        client.request("GET", "/big")
+        assert producer.done.wait(10)
+        assert producer.outcome in ("client gone", "closed", "cancelled")
+        with pytest.raises((ConnectionClosed, ConnectionResetError)):
+            client.read_response()
+    assert any("read nothing" in r.getMessage() for r in caplog.records)
+
+
+def test_producer_ignoring_backpressure_hits_the_unsent_output_cap(caplog):
+    caplog.set_level(logging.WARNING, logger="helios_raw.error")
+    producer = Producer(count=1000, drain=False)  # 62.5 MiB, written without waiting
+    limits = Limits(max_unsent_bytes=1024 * 1024)
+    with running(build_server([producer.endpoint()], limits=limits)) as server, Client(server.port) as client:
+        client.request("GET", "/big")
+        assert producer.done.wait(10)
+        assert producer.outcome in ("closed", "cancelled") and producer.written < len(producer.pieces)
+        with pytest.raises((ConnectionClosed, ConnectionResetError)):
+            client.read_response()
+    assert any("unread" in r.getMessage() for r in caplog.records)
+
+
+def test_worker_thread_writer_blocks_for_a_slow_reader_and_drops_nothing():
+    pieces = _pieces(120)
+    started = threading.Event()
+
+    async def handler(request):
+        async def produce(writer):
+            def work():
+                started.set()
+                for piece in pieces:
+                    writer.write_threadsafe(piece)
+
+            await asyncio.to_thread(work)
+
+        return StreamingResponse(produce, content_type="application/octet-stream")
+
+    endpoint = EndpointBuilder.get("/threaded").handle(handler).build()
+    with running(build_server([endpoint])) as server, Client(server.port) as client:
+        client.request("GET", "/threaded")
+        assert started.wait(10)
+        _wait_until(lambda: any(c.flow.paused for c in server.connections()))
+        assert client.read_response().body == b"".join(pieces)
+
+
+def test_static_endpoint_stays_fast_while_a_neighbour_reads_slowly():
+    producer = Producer(count=400)
+    with running(build_server([producer.endpoint(), get("/ping", {"pong": True})])) as server:
+        with Client(server.port) as slow, Client(server.port) as other:
+            slow.request("GET", "/big")
+            _wait_until(lambda: any(c.flow.paused for c in server.connections()))
+            for _ in range(20):
+                other.request("GET", "/ping")
+                assert other.read_response().json() == {"pong": True}
