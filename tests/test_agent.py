@@ -17,7 +17,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 import threading
 from pathlib import Path
 from typing import Annotated, Any, AsyncIterator, Literal, Optional, Union
@@ -26,7 +25,7 @@ import h11
 import orjson
 import pytest
 
-from helios_raw import Agent, AgentBackend, Config, EndpointBuilder, RemoteConfig, ServerBuilder, Tool, tool
+from helios_raw import Agent, Config, EndpointBuilder, RemoteConfig, ServerBuilder, Tool, tool
 from helios_raw.backends.remote import RemoteBackend
 from helios_raw.endpoints import EndpointRequest
 from helios_raw.http.response import EventStream, sse_response
@@ -502,6 +501,10 @@ def test_tool_results_go_back_to_the_model_and_its_answer_comes_back() -> None:
 
                 status, models = await exchange(port, "GET", "/v1/models")
                 assert status == 200 and [m["id"] for m in models["data"]] == ["weather-agent"]
+                status, health = await exchange(port, "GET", "/health")
+                assert status == 200 and health["status"] == "ok"
+                assert (health["model"], health["agent"], health["inner_model"]) == (
+                    "weather-agent", "weather", "gpt-4o-mini")
 
     run(scenario())
 
@@ -731,6 +734,41 @@ def test_an_upstream_error_mid_conversation_reaches_the_client() -> None:
                 assert events[0]["choices"][0]["delta"]["role"] == "assistant"
                 assert events[-2]["error"]["message"] == "This model's maximum context length is 128000 tokens."
                 assert events[-1] == "[DONE]"
+
+    run(scenario())
+
+
+def test_a_client_leaving_stops_the_running_tools_and_further_model_calls() -> None:
+    question = "Take your time"
+    upstream = ReplayUpstream({question: [recorded_tool_calls(("slow", "{}")), recorded_answer("Done.")]})
+    started, stopped = asyncio.Event(), asyncio.Event()
+
+    @tool
+    async def slow() -> str:
+        """Wait until cancelled."""
+        started.set()
+        try:
+            await asyncio.sleep(TIMEOUT * 2)
+        except asyncio.CancelledError:
+            stopped.set()
+            raise
+        return "finished"
+
+    agent = Agent("patient", tools=[slow])
+
+    async def scenario() -> None:
+        async with Serving(upstream.server):
+            async with Serving(agent_server(agent, upstream)) as port:
+                for streamed in (False, True):
+                    started.clear(), stopped.clear()
+                    body = orjson.dumps(chat(question, stream=streamed))
+                    _, writer = await asyncio.open_connection("127.0.0.1", port)
+                    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: "
+                                 b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                    await started.wait()
+                    writer.close()  # we leave while the tool runs
+                    await stopped.wait()
+                assert len(upstream.received) == 2  # one model call per request, none after the tool
 
     run(scenario())
 

@@ -17,7 +17,7 @@ from ..http.response import EventStream
 from ..openai.objects import ChunkFactory, assistant_message, completion
 from ..openai.schema import ChatRequest
 from .capture import StepCapture
-from .loop import Agent, Conversation, Ending, step_from_completion
+from .loop import Agent, Conversation, step_from_completion
 
 
 class AgentBackend(Backend):
@@ -70,10 +70,10 @@ class AgentBackend(Backend):
         while True:
             result = await self.inner.complete(conversation.next_request(stream=False), cancel)
             step = step_from_completion(result)
-            ending = conversation.record(step) or _if_cancelled(cancel)
+            ending = conversation.record(step)
             if ending is not None:
                 break
-            await conversation.run_tools(step)
+            await conversation.run_tools(step, cancel)
         message = assistant_message(conversation.text + ending.note, ending.client_calls or None)
         return completion(self.model_id, message, ending.finish_reason, conversation.usage)
 
@@ -99,10 +99,10 @@ class AgentStream(ChunkStream):
             stream = await self.backend.inner.open_stream(conversation.next_request(stream=True), self.cancel)
             await stream.run(EventStream(capture))
             step = capture.step()
-            ending = conversation.record(step) or _if_cancelled(self.cancel)
+            ending = conversation.record(step)
             if ending is not None:
                 break
-            await conversation.run_tools(step)
+            await conversation.run_tools(step, self.cancel)
         if ending.note:
             events.send(chunks.content(ending.note))
         if ending.client_calls:
@@ -112,7 +112,3 @@ class AgentStream(ChunkStream):
             events.send(chunks.usage(conversation.usage))
         await events.drain()
 
-
-def _if_cancelled(cancel: Cancellation) -> Optional[Ending]:
-    """No further tool runs or model calls once the answer is no longer wanted."""
-    return Ending("stop") if cancel.is_set() else None

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Iterable, Optional, Union
 
 from ..errors import bad_request
+from ..http.request import Cancellation
+from ..http.response import ClientGone
 from ..openai.schema import ChatRequest
 from .tools import Tool, tool
 
@@ -177,10 +179,26 @@ class Conversation:
         return (f"{prefix}[The agent stopped after {self.agent.max_iterations} model calls "
                 "(its max_iterations) without reaching a final answer.]")
 
-    async def run_tools(self, step: Step) -> None:
-        """Run ``step``'s tool calls at once and append the assistant message and the results."""
+    async def run_tools(self, step: Step, cancel: Cancellation) -> None:
+        """Run ``step``'s tool calls at once and append the assistant message and the results.
+
+        If ``cancel`` is set first, the async tools are cancelled (a sync tool's thread finishes
+        on its own, unheard) and :class:`ClientGone` is raised."""
         calls = [_with_id(c) for c in step.tool_calls]
-        results = await asyncio.gather(*(self._run(c) for c in calls))
+        work = asyncio.ensure_future(asyncio.gather(*(self._run(c) for c in calls)))
+        watcher = asyncio.ensure_future(cancel.wait())
+        try:
+            await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            work.cancel()
+            raise
+        finally:
+            watcher.cancel()
+        if not work.done():
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+            raise ClientGone()
+        results = work.result()
         self.messages.append({"role": "assistant", "content": step.content or None, "tool_calls": calls})
         for call, result in zip(calls, results):
             self.messages.append({"role": "tool", "tool_call_id": call["id"], "content": result})
