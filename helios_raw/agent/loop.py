@@ -17,7 +17,10 @@ Where the loop ends:
   ``max_tokens``).
 
 The answer's text is everything the model said across the calls (text that came with tool calls
-included), which is exactly what a streaming client sees.
+included), which is exactly what a streaming client sees. Tool calls run concurrently (sync tools
+in worker threads); a tool that raises, or is given arguments that do not fit its schema, answers
+the model with an ``Error: ...`` text instead. A client that leaves ends the loop: async tools
+still running are cancelled and no further model call is made.
 """
 
 from __future__ import annotations
