@@ -25,7 +25,7 @@ import h11
 import orjson
 import pytest
 
-from helios_raw import Agent, Config, EndpointBuilder, RemoteConfig, ServerBuilder, Tool, tool
+from helios_raw import Agent, Config, EndpointBuilder, RemoteConfig, ServerBuilder, Tool, get, tool
 from helios_raw.backends.remote import RemoteBackend
 from helios_raw.endpoints import EndpointRequest
 from helios_raw.http.response import EventStream, sse_response
@@ -470,7 +470,10 @@ def test_tool_results_go_back_to_the_model_and_its_answer_comes_back() -> None:
 
     async def scenario() -> None:
         async with Serving(upstream.server):
-            async with Serving(agent_server(agent, upstream)) as port:
+            server = (ServerBuilder.with_agent(agent, "weather-agent", upstream.config()).address("127.0.0.1:0")
+                      .endpoints([get("/about", {"agent": "weather"})]).build())
+            async with Serving(server) as port:
+                assert await exchange(port, "GET", "/about") == (200, {"agent": "weather"})
                 loop_thread = threading.get_ident()
                 request = {"model": "weather-agent", "temperature": 0.2, "max_tokens": 100, "user": "u-1",
                            "messages": [{"role": "system", "content": "Answer in English."},

@@ -24,6 +24,7 @@ The application is any object with:
 from __future__ import annotations
 
 import asyncio
+import collections
 import re
 import socket
 import threading
@@ -145,6 +146,8 @@ class _StreamWriter(ResponseWriter):
 
     def write(self, data: bytes) -> None:
         """Write one piece of the body now (event-loop thread); never blocks, never drops."""
+        if self._pending:
+            self._write_pending()
         if data and not self.closed:
             self.protocol.write_body(self.cycle, data)
 
@@ -170,7 +173,29 @@ class _StreamWriter(ResponseWriter):
                 raise ClientGone()
         if self.closed:
             raise ClientGone()
-        protocol.loop.call_soon_threadsafe(self.write, data)
+        self._pending.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            protocol.loop.call_soon_threadsafe(self._flush)
+
+    def _flush(self) -> None:
+        """Loop thread: write what worker threads handed over; look again shortly while they
+        keep handing over, else wait to be woken."""
+        if self._pending:
+            self._write_pending()
+            self.protocol.loop.call_later(THREAD_FLUSH_INTERVAL, self._flush)
+            return
+        self._flush_scheduled = False
+        if self._pending:  # appended after the check above, while the flag was still set
+            self._flush_scheduled = True
+            self.protocol.loop.call_soon(self._flush)
+
+    def _write_pending(self) -> None:
+        pending = self._pending
+        count = len(pending)
+        data = pending.popleft() if count == 1 else b"".join([pending.popleft() for _ in range(count)])
+        if not self.closed:
+            self.protocol.write_body(self.cycle, data)
 
 
 class HTTPProtocol(asyncio.Protocol):
