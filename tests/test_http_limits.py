@@ -16,6 +16,9 @@ from helios_raw.http.response import ClientGone
 from tests.support.rawhttp import Client, ConnectionClosed, build_server, running
 
 PIECE = 64 * 1024
+#: A slow reader's fixed receive buffer: the kernel then holds at most a few MiB for it (the
+#: server's send buffer), and the rest must wait in, or be held back from, the server.
+SMALL = 64 * 1024
 
 
 def _pieces(count: int):
@@ -183,7 +186,7 @@ class Producer:
 def test_slow_reader_bounds_the_servers_buffer_and_loses_nothing():
     producer = Producer(count=200)  # 12.5 MiB
     limits = Limits(write_buffer_high=256 * 1024, write_buffer_low=64 * 1024)
-    with running(build_server([producer.endpoint()], limits=limits)) as server, Client(server.port) as client:
+    with running(build_server([producer.endpoint()], limits=limits)) as server, Client(server.port, receive_buffer=SMALL) as client:
         client.request("GET", "/big")
         _wait_until(lambda: any(c.flow.paused for c in server.connections()))
         (connection,) = server.connections()
@@ -197,7 +200,7 @@ def test_reader_that_never_reads_is_dropped_after_write_timeout(caplog):
     caplog.set_level(logging.WARNING, logger="helios_raw.error")
     producer = Producer(count=400)
     limits = Limits(write_timeout=0.5)
-    with running(build_server([producer.endpoint()], limits=limits)) as server, Client(server.port) as client:
+    with running(build_server([producer.endpoint()], limits=limits)) as server, Client(server.port, receive_buffer=SMALL) as client:
         client.request("GET", "/big")
         assert producer.done.wait(10)
         assert producer.outcome in ("client gone", "closed", "cancelled")
@@ -210,7 +213,7 @@ def test_producer_ignoring_backpressure_hits_the_unsent_output_cap(caplog):
     caplog.set_level(logging.WARNING, logger="helios_raw.error")
     producer = Producer(count=1000, drain=False)  # 62.5 MiB, written without waiting
     limits = Limits(max_unsent_bytes=1024 * 1024)
-    with running(build_server([producer.endpoint()], limits=limits)) as server, Client(server.port) as client:
+    with running(build_server([producer.endpoint()], limits=limits)) as server, Client(server.port, receive_buffer=SMALL) as client:
         client.request("GET", "/big")
         assert producer.done.wait(10)
         assert producer.outcome in ("closed", "cancelled") and producer.written < len(producer.pieces)
@@ -220,32 +223,38 @@ def test_producer_ignoring_backpressure_hits_the_unsent_output_cap(caplog):
 
 
 def test_worker_thread_writer_blocks_for_a_slow_reader_and_drops_nothing():
-    pieces = _pieces(120)
-    started = threading.Event()
+    pieces = _pieces(120)  # 7.5 MiB
+    handed = []
 
     async def handler(request):
         async def produce(writer):
             def work():
-                started.set()
                 for piece in pieces:
                     writer.write_threadsafe(piece)
+                    handed.append(len(piece))
 
             await asyncio.to_thread(work)
 
         return StreamingResponse(produce, content_type="application/octet-stream")
 
     endpoint = EndpointBuilder.get("/threaded").handle(handler).build()
-    with running(build_server([endpoint])) as server, Client(server.port) as client:
+    limits = Limits(write_buffer_high=256 * 1024, write_buffer_low=64 * 1024)
+    with running(build_server([endpoint], limits=limits)) as server, \
+            Client(server.port, receive_buffer=SMALL) as client:
         client.request("GET", "/threaded")
-        assert started.wait(10)
         _wait_until(lambda: any(c.flow.paused for c in server.connections()))
+        (connection,) = server.connections()
+        held = connection.transport.get_write_buffer_size() + connection.cycle.writer._pending_bytes
+        assert held <= 2 * limits.write_buffer_high + PIECE
+        assert len(handed) < len(pieces)  # the worker waits for the reader
         assert client.read_response().body == b"".join(pieces)
+        assert len(handed) == len(pieces)
 
 
 def test_static_endpoint_stays_fast_while_a_neighbour_reads_slowly():
     producer = Producer(count=400)
     with running(build_server([producer.endpoint(), get("/ping", {"pong": True})])) as server:
-        with Client(server.port) as slow, Client(server.port) as other:
+        with Client(server.port, receive_buffer=SMALL) as slow, Client(server.port) as other:
             slow.request("GET", "/big")
             _wait_until(lambda: any(c.flow.paused for c in server.connections()))
             for _ in range(20):

@@ -554,3 +554,156 @@ async def test_reading_pauses_while_pipelined_requests_pile_up():
     await wire.settle()
     assert wire.transport.reading
     assert wire.take().count(b"HTTP/1.1 200 OK") == 41
+
+
+# -- streams cut short -----------------------------------------------------------------------------
+
+def _sse_app(produce, gate: Gate | None = None) -> App:
+    from helios_raw.http.response import sse_response
+
+    app = make_app(gate)
+
+    async def events(request):
+        return sse_response(produce)
+
+    app.add_route("GET", "/events", events)
+    return app
+
+
+SSE_HEAD = (b"HTTP/1.1 200 OK\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\n"
+            b"content-type: text/event-stream\r\naccess-control-allow-origin: *\r\nserver: helios_raw\r\n"
+            b"date: DATE\r\nTransfer-Encoding: chunked\r\n\r\n")
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+@in_loop
+async def test_stream_at_the_shutdown_deadline_ends_with_an_error_event_done_and_a_last_chunk():
+    started = asyncio.Event()
+
+    async def produce(events):
+        events.send({"n": 0})
+        started.set()
+        await asyncio.sleep(30)
+
+    wire = Wire(_sse_app(produce))
+    wire.feed(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+    await started.wait()
+    wire.protocol.abort_for_shutdown()
+    await wire.settle()
+    frames = (b'data: {"error":{"message":"The server is shutting down.","type":"server_error",'
+              b'"param":null,"code":"server_shutting_down"}}\n\ndata: [DONE]\n\n')
+    assert wire.take() == SSE_HEAD + _chunk(b'data: {"n":0}\n\n') + _chunk(frames) + b"0\r\n\r\n"
+    assert wire.transport.closing
+
+
+@in_loop
+async def test_stream_whose_producer_raises_ends_with_a_server_error_event():
+    async def produce(events):
+        events.send({"n": 0})
+        raise RuntimeError("secret")
+
+    wire = Wire(_sse_app(produce))
+    wire.feed(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+    await wire.settle()
+    frames = (b'data: {"error":{"message":"The server had an error while processing your request.",'
+              b'"type":"server_error","param":null,"code":"internal_error"}}\n\ndata: [DONE]\n\n')
+    assert wire.take() == SSE_HEAD + _chunk(b'data: {"n":0}\n\n') + _chunk(frames) + b"0\r\n\r\n"
+
+
+@in_loop
+async def test_head_of_a_stream_does_not_run_its_producer():
+    ran = []
+
+    async def produce(events):
+        ran.append(True)
+
+    wire = Wire(_sse_app(produce))
+    wire.feed(b"HEAD /events HTTP/1.1\r\nHost: x\r\n\r\n")
+    await wire.settle()
+    assert wire.take() == SSE_HEAD and not ran
+
+
+@in_loop
+async def test_writer_of_a_finished_response_cannot_write_into_the_next_one():
+    kept = []
+
+    async def produce(events):
+        kept.append(events)
+
+    wire = Wire(_sse_app(produce, Gate()))
+    wire.feed(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+    await wire.settle()
+    wire.take()
+    wire.feed(b"GET /wait HTTP/1.1\r\nHost: x\r\n\r\n")  # held open: the next response in flight
+    await wire.settle()
+    kept[0].send({"stale": True})
+    assert kept[0].closed and wire.take() == b""
+
+
+@in_loop
+async def test_client_leaving_cancels_the_handler_and_sets_cancelled():
+    gate = Gate()
+    wire = Wire(make_app(gate))
+    wire.feed(b"GET /wait HTTP/1.1\r\nHost: x\r\n\r\n")
+    await wire.settle()
+    wire.protocol.connection_lost(ConnectionResetError())
+    await wire.settle()
+    request = gate.requests[0]
+    assert request.cancelled.is_set() and request.cancelled.reason == "client disconnected"
+    assert wire.protocol.cycle is None and wire.take() == b""
+
+
+@in_loop
+async def test_paused_transport_makes_drain_wait_until_resumed():
+    drained = asyncio.Event()
+
+    async def produce(events):
+        events.send({"n": 0})
+        await events.drain()
+        drained.set()
+
+    wire = Wire(_sse_app(produce))
+    wire.protocol.pause_writing()
+    wire.feed(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+    await wire.settle()
+    assert not drained.is_set()
+    wire.protocol.resume_writing()
+    await wire.settle()
+    assert drained.is_set()
+
+
+@in_loop
+async def test_pieces_a_worker_thread_hands_over_all_arrive_in_order_before_the_end():
+    async def produce(writer):
+        def work():
+            for i in range(200):
+                writer.write_threadsafe(b"<%d>" % i)
+
+        await asyncio.to_thread(work)
+
+    app = make_app()
+
+    async def threaded(request):
+        return StreamingResponse(produce, content_type="text/plain")
+
+    app.add_route("GET", "/threaded", threaded)
+    wire = Wire(app)
+    wire.feed(b"GET /threaded HTTP/1.1\r\nHost: x\r\n\r\n")
+    for _ in range(100):
+        await asyncio.sleep(0.005)
+        if wire.protocol.cycle is None:
+            break
+    out = wire.take()
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert body.endswith(b"0\r\n\r\n")
+    pieces, rest = [], body
+    while True:
+        size, _, rest = rest.partition(b"\r\n")
+        if int(size, 16) == 0:
+            break
+        pieces.append(rest[: int(size, 16)])
+        rest = rest[int(size, 16) + 2:]
+    assert b"".join(pieces) == b"".join(b"<%d>" % i for i in range(200))

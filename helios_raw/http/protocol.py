@@ -113,7 +113,7 @@ class _Cycle:
 
     __slots__ = (
         "request", "body", "body_size", "started", "status", "sent", "task", "response_started",
-        "keep_alive", "abort_frame", "aborting",
+        "keep_alive", "error_frames", "aborting", "writer",
     )
 
     def __init__(self, request: Request, keep_alive: bool) -> None:
@@ -126,8 +126,9 @@ class _Cycle:
         self.task: Optional[asyncio.Task] = None
         self.response_started = False
         self.keep_alive = keep_alive
-        self.abort_frame = b""
+        self.error_frames = None  # the streamed body's way to end early, see StreamingResponse
         self.aborting = False
+        self.writer: Optional[_StreamWriter] = None
 
 
 #: Seconds between the loop's collections of pieces a worker thread keeps streaming.
@@ -142,14 +143,18 @@ class _StreamWriter(ResponseWriter):
     at once when nothing is scheduled, and while pieces keep coming it collects them every
     ``THREAD_FLUSH_INTERVAL`` seconds instead of being woken for each (waking the loop costs the
     worker a GIL round trip, which at thousands of tokens per second halves throughput). Loop-side
-    writes first write what is pending, so the order is kept."""
+    writes, and the end of the response, first write what is pending, so nothing is lost or
+    reordered. A worker blocks while the transport is paused or ``limits.write_buffer_high`` bytes
+    already wait in ``_pending``, so a slow reader bounds what the server holds."""
 
-    __slots__ = ("protocol", "cycle", "_pending", "_flush_scheduled")
+    __slots__ = ("protocol", "cycle", "_pending", "_pending_bytes", "_lock", "_flush_scheduled")
 
     def __init__(self, protocol: "HTTPProtocol", cycle: _Cycle) -> None:
         self.protocol = protocol
         self.cycle = cycle
         self._pending: collections.deque = collections.deque()
+        self._pending_bytes = 0
+        self._lock = threading.Lock()
         self._flush_scheduled = False
 
     @property
@@ -159,7 +164,7 @@ class _StreamWriter(ResponseWriter):
     def write(self, data: bytes) -> None:
         """Write one piece of the body now (event-loop thread); never blocks, never drops."""
         if self._pending:
-            self._write_pending()
+            self.write_pending()
         if data and not self.closed:
             self.protocol.write_body(self.cycle, data)
 
@@ -175,39 +180,51 @@ class _StreamWriter(ResponseWriter):
         """Hand ``data`` to the event loop from a worker thread, blocking while the client is
         slow; ClientGone once it has left or read nothing for ``limits.write_timeout``."""
         protocol = self.protocol
-        waited = 0.0
-        while not protocol.flow.wait_writable_threadsafe(0.05):
-            waited += 0.05
+        flow = protocol.flow
+        limit = protocol.limits.write_buffer_high
+        deadline = 0.0
+        while True:
             if self.closed:
+                raise ClientGone()
+            if not flow.paused and self._pending_bytes < limit:
                 break
-            if waited >= protocol.limits.write_timeout:
+            if not deadline:
+                deadline = time.monotonic() + protocol.limits.write_timeout
+            elif time.monotonic() >= deadline:
                 protocol.loop.call_soon_threadsafe(protocol.give_up_on_slow_reader)
                 raise ClientGone()
-        if self.closed:
-            raise ClientGone()
-        self._pending.append(data)
-        if not self._flush_scheduled:
+            if flow.paused:
+                flow.wait_writable_threadsafe(0.05)
+            else:  # the loop has not yet collected what is pending
+                time.sleep(THREAD_FLUSH_INTERVAL)
+        with self._lock:
+            self._pending.append(data)
+            self._pending_bytes += len(data)
+            schedule = not self._flush_scheduled
             self._flush_scheduled = True
+        if schedule:
             protocol.loop.call_soon_threadsafe(self._flush)
 
     def _flush(self) -> None:
         """Loop thread: write what worker threads handed over; look again shortly while they
         keep handing over, else wait to be woken."""
         if self._pending:
-            self._write_pending()
+            self.write_pending()
             self.protocol.loop.call_later(THREAD_FLUSH_INTERVAL, self._flush)
             return
-        self._flush_scheduled = False
-        if self._pending:  # appended after the check above, while the flag was still set
-            self._flush_scheduled = True
-            self.protocol.loop.call_soon(self._flush)
+        with self._lock:
+            if not self._pending:
+                self._flush_scheduled = False
+                return
+        self.protocol.loop.call_soon(self._flush)  # appended meanwhile
 
-    def _write_pending(self) -> None:
-        pending = self._pending
-        count = len(pending)
-        data = pending.popleft() if count == 1 else b"".join([pending.popleft() for _ in range(count)])
-        if not self.closed:
-            self.protocol.write_body(self.cycle, data)
+    def write_pending(self) -> None:
+        """Loop thread: write, in order, what worker threads have handed over so far."""
+        with self._lock:
+            pending, self._pending = self._pending, collections.deque()
+            self._pending_bytes = 0
+        if pending and not self.closed:
+            self.protocol.write_body(self.cycle, pending[0] if len(pending) == 1 else b"".join(pending))
 
 
 class HTTPProtocol(asyncio.Protocol):
@@ -486,27 +503,27 @@ class HTTPProtocol(asyncio.Protocol):
             if self.closed or self.cycle is not cycle:
                 return
             if cycle.response_started:
-                self._end_aborted_stream(cycle)
+                self._end_aborted_stream(cycle, server_error())
             else:
                 self._respond(error_response(server_error()))
 
     def _on_cancelled(self, cycle: _Cycle) -> None:
         if self.closed:
-            self._log(cycle)
+            self._finish(cycle, keep_alive=False)
             return
         if not cycle.aborting:
             raise asyncio.CancelledError
+        shutting_down = APIError(503, "The server is shutting down.", type="server_error",
+                                 code="server_shutting_down")
         if cycle.response_started:
-            self._end_aborted_stream(cycle)
+            self._end_aborted_stream(cycle, shutting_down)
         else:
-            self._respond(error_response(APIError(
-                503, "The server is shutting down.", type="server_error", code="server_shutting_down")))
+            self._respond(error_response(shutting_down))
 
-    def _end_aborted_stream(self, cycle: _Cycle) -> None:
-        """Close a stream cut short with its terminating frame and a proper end of body."""
-        if cycle.abort_frame:
-            self.write_body(cycle, cycle.abort_frame)
-            cycle.abort_frame = b""
+    def _end_aborted_stream(self, cycle: _Cycle, error: APIError) -> None:
+        """End a stream cut short with its error frames and a proper end of body, then close."""
+        if cycle.error_frames is not None:
+            self.write_body(cycle, cycle.error_frames(error))
         self._finish(cycle, keep_alive=False)
 
     # -- writing -----------------------------------------------------------------------------
@@ -562,10 +579,11 @@ class HTTPProtocol(asyncio.Protocol):
             return
         cycle.status = response.status
         cycle.response_started = True
-        cycle.abort_frame = response.abort_frame
+        cycle.error_frames = response.error_frames
         self.transport.write(self.conn.send(head))
         if cycle.request.method != "HEAD":
-            await response.producer(_StreamWriter(self, cycle))
+            cycle.writer = _StreamWriter(self, cycle)
+            await response.producer(cycle.writer)
         if not self.closed:
             self._finish(cycle, keep_alive=cycle.keep_alive)
 
@@ -600,6 +618,8 @@ class HTTPProtocol(asyncio.Protocol):
         """End the cycle: close the message, log it, then serve the next request or close."""
         if self.cycle is not cycle:
             return
+        if cycle.writer is not None:
+            cycle.writer.write_pending()  # what a worker thread handed over before the end
         if not message_ended and not self.closed:
             try:
                 self.transport.write(self.conn.send(_h11_EndOfMessage()))
@@ -634,7 +654,9 @@ class HTTPProtocol(asyncio.Protocol):
             self._handle_events()
 
     def _log(self, cycle: _Cycle) -> None:
-        self.app.log_access(cycle.request, cycle.status, cycle.sent, time.perf_counter() - cycle.started)
+        # 499 (nginx's "client closed request"): the client left before a response was started.
+        status = cycle.status or (499 if self.closed else 0)
+        self.app.log_access(cycle.request, status, cycle.sent, time.perf_counter() - cycle.started)
 
     def _send_raw_error(self, request: Optional[Request], error: APIError) -> None:
         """Answer ``error`` outside h11's state machine, then close (lingering for the client)."""

@@ -80,11 +80,12 @@ Producer = Callable[[ResponseWriter], Awaitable[None]]
 class StreamingResponse:
     """A response whose body ``producer`` writes in pieces (chunked, or close-delimited on 1.0).
 
-    ``abort_frame`` is written if the stream must be cut short by a server shutdown, so that the
-    client sees a proper ending rather than a dropped connection.
+    ``error_frames(error)`` gives the bytes that end the body when it must stop early, because a
+    shutdown deadline passed or the producer raised, so that the client sees a proper ending (an
+    error event, for Server-Sent Events) rather than a dropped connection. None: the body just ends.
     """
 
-    __slots__ = ("status", "headers", "producer", "abort_frame")
+    __slots__ = ("status", "headers", "producer", "error_frames")
 
     def __init__(
         self,
@@ -92,13 +93,13 @@ class StreamingResponse:
         status: int = 200,
         headers: Optional[Headers] = None,
         content_type: str = "application/octet-stream",
-        abort_frame: bytes = b"",
+        error_frames: Optional[Callable[[APIError], bytes]] = None,
     ) -> None:
         self.status = status
         self.producer = producer
         self.headers = list(headers) if headers else []
         self.headers.append(("content-type", content_type))
-        self.abort_frame = abort_frame
+        self.error_frames = error_frames
 
 
 AnyResponse = Union[Response, StreamingResponse]
@@ -148,15 +149,14 @@ class EventStream:
 
 
 def sse_response(producer: Callable[[EventStream], Awaitable[None]], headers: Optional[Headers] = None) -> StreamingResponse:
-    """A ``text/event-stream`` response; a shutdown mid-stream ends it with an error event."""
+    """A ``text/event-stream`` response; cut short, it ends with an error event and ``[DONE]``."""
 
     async def run(writer: ResponseWriter) -> None:
         await producer(EventStream(writer))
 
-    shutdown = APIError(503, "The server is shutting down.", type="server_error", code="server_shutting_down")
     return StreamingResponse(
         run,
         headers=[("cache-control", "no-cache"), ("x-accel-buffering", "no")] + (headers or []),
         content_type="text/event-stream",
-        abort_frame=sse_error_frames(shutdown),
+        error_frames=sse_error_frames,
     )

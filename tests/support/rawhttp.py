@@ -122,8 +122,15 @@ class ConnectionClosed(AssertionError):
 class Client:
     """A blocking socket to the server plus a strict HTTP/1.1 response reader."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = TIMEOUT) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = TIMEOUT,
+                 receive_buffer: Optional[int] = None) -> None:
+        """``receive_buffer`` fixes the socket's receive buffer (no autotuning), so that a client
+        that does not read fills up after a known amount."""
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if receive_buffer is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        self.sock.settimeout(timeout)
+        self.sock.connect((host, port))
         self.buffer = b""
 
     def __enter__(self) -> "Client":
