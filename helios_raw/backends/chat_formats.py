@@ -311,8 +311,8 @@ def _refuse_non_text(message: dict, index: int) -> None:
         for j, part in enumerate(content):
             if part.get("type") not in ("text", "refusal"):
                 raise bad_request(
-                    f"'messages[{index}].content[{j}]' is a {part.get('type')} part, but this model reads "
-                    "text only.", f"messages[{index}].content[{j}].type", "unsupported_content")
+                    f"'messages[{index}].content[{j}]' is a content part of type {part.get('type')!r}, but "
+                    "this model reads text only.", f"messages[{index}].content[{j}].type", "unsupported_content")
 
 
 def _arguments(call: dict):

@@ -104,6 +104,8 @@ class LlamaBackend(Backend):
         self.model_id = config.model_name or expected_model_stem(config)
         self.model_path: Optional[Path] = None
         self.fingerprint: Optional[str] = None
+        #: Tokens generated since start-up, all requests together (finished or cut short).
+        self.generated_tokens = 0
         self._model: Optional[LoadedModel] = None
         self._state = "loading"
         self._error: Optional[BackendError] = None
@@ -121,8 +123,8 @@ class LlamaBackend(Backend):
         return self._model.format if self._model else None
 
     def health(self) -> dict:
-        facts = {"model": self.model_id, "backend_state": self.state,
-                 "queue_waiting": self._scheduler.waiting, "busy": self._scheduler.busy}
+        facts = {"model": self.model_id, "backend_state": self.state, "queue_waiting": self._scheduler.waiting,
+                 "busy": self._scheduler.busy, "generated_tokens": self.generated_tokens}
         if self._model is not None:
             facts["chat_format"] = self._model.format.name
         return facts
@@ -295,6 +297,7 @@ class LlamaBackend(Backend):
             tools = ToolCallFilter(emit, job.tool_names, hold_all=job.tool_mode == "forced")
             emit = tools.emit
         outcome = model.generate(job, emit, cancel, self._scheduler.stopping, self.config.request_timeout)
+        self.generated_tokens += outcome.completion_tokens
         if tools is not None and not outcome.cancelled:
             try:
                 outcome.tool_calls = tools.finish()
@@ -349,7 +352,7 @@ class LoadedModel:
         self.llama = llama
         self.vocab = llama._model.vocab
         self.n_vocab = llama.n_vocab()
-        self.n_ctx = llama.n_ctx()
+        self.n_ctx = min(llama.n_ctx(), len(llama.input_ids))  # llama.cpp may round the context up
         self.bos = llama.token_bos()
         self.add_bos = bool(llama._model.add_bos_token()) and self.bos >= 0
         eos = llama.token_eos()
