@@ -239,7 +239,6 @@ class _Origin:
         self.port = port
         self.idle: list[_Connection] = []
         self.slots = asyncio.Semaphore(limit)
-        self.opened = 0
 
     @property
     def host_header(self) -> str:
@@ -254,6 +253,11 @@ class _Origin:
                 return connection
             connection.wire.close()
         return None
+
+    def drop_idle(self) -> None:
+        for connection in self.idle:
+            connection.wire.close()
+        self.idle.clear()
 
 
 class ClientResponse:
@@ -387,7 +391,10 @@ class HTTPClient:
             except _StaleConnection:
                 self._release(connection, reuse=False)
                 if connection.requests > 1 and attempt == 0:
-                    continue  # the pooled connection had been closed by the server: retry fresh
+                    # The server had closed the pooled connection; the others idle as long are
+                    # likely closed too. Retry on a fresh one.
+                    origin.drop_idle()
+                    continue
                 raise RemoteProtocolError("The server closed the connection without answering.") from None
             except BaseException:
                 self._release(connection, reuse=False)
@@ -401,11 +408,6 @@ class HTTPClient:
             for connection in origin.idle:
                 connection.wire.close_gracefully()
             origin.idle.clear()
-
-    def idle_connections(self, url: str) -> int:
-        """How many idle pooled connections the origin of ``url`` has."""
-        origin = self._origins.get(_origin_key(url))
-        return len(origin.idle) if origin else 0
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -471,7 +473,6 @@ class HTTPClient:
             reason = os.strerror(exc.errno) if exc.errno else str(exc)
             raise ConnectError(f"Could not connect to {where}: {reason}.", reason) from None
         self.connections_opened += 1
-        origin.opened += 1
         return _Connection(origin, wire)
 
     async def _exchange(self, connection: _Connection, head: h11.Request, body: bytes, timeout: float) -> ClientResponse:
