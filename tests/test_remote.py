@@ -585,6 +585,18 @@ def test_upstream_5xx_is_502_with_its_message():
                 assert "500" in answer.error()["message"] and "CUDA out of memory" in answer.error()["message"]
 
 
+def test_upstream_error_with_status_200_is_502():
+    """Stands for an upstream that reports failures in a 200 answer (some local servers do)."""
+    async def fail_softly(exchange: Exchange) -> None:
+        await exchange.send_json(200, {"error": "model crashed while loading"}, b"OK")
+
+    with running(FakeUpstream(fail_softly)) as up:
+        with running(proxy_server(f"http://127.0.0.1:{up.port}/v1")) as proxy:
+            answer = post(proxy.port, {"model": "tiny", "messages": HELLO})
+    assert answer.status == 502
+    assert answer.error()["message"] == "The upstream reported an error: model crashed while loading"
+
+
 def test_upstream_4xx_in_plain_text_keeps_status_and_text():
     """Stands for a reverse proxy in front of the upstream refusing the request in plain text."""
     async def refuse(exchange: Exchange) -> None:

@@ -134,6 +134,9 @@ class RemoteBackend(Backend):
             completion = None
         if not isinstance(completion, dict):
             raise self._bad_gateway("The upstream answered with a body that is not a JSON object.")
+        if completion.get("error") and "choices" not in completion:
+            message = _parse_error_body(body)[0] or "no message"
+            raise self._bad_gateway(f"The upstream reported an error: {message}")
         return completion
 
     async def _send(self, request: ChatRequest, stream: bool) -> ClientResponse:
