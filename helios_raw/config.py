@@ -16,6 +16,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
 class ConfigError(Exception):
     """The configuration is unusable; the message says why in one sentence."""
 
@@ -138,6 +141,13 @@ def config_from_dict(data: dict, where: str = "the configuration") -> Config:
         raise ConfigError(f"[server] cors_origins in {where} must be a list of strings.")
     if not 0 <= server.port <= 65535:
         raise ConfigError(f"[server] port in {where} must be between 0 and 65535.")
+    if not server.host:
+        raise ConfigError(f"[server] host in {where} must not be empty.")
+    if server.shutdown_timeout < 0:
+        raise ConfigError(f"[server] shutdown_timeout in {where} must be 0 or more seconds.")
+    if server.log_level not in LOG_LEVELS:
+        raise ConfigError(f"[server] log_level in {where} must be one of {', '.join(LOG_LEVELS)}, "
+                          f"not {server.log_level!r}.")
     config = Config(server=server)
     if "local" in data:
         config.local = _build(LocalConfig, _table(data, "local", where), f"[local] in {where}")
