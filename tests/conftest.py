@@ -7,6 +7,7 @@ import contextlib
 import json
 import pathlib
 import socket
+import time
 from functools import lru_cache
 from typing import Iterator, Optional
 
@@ -118,18 +119,47 @@ def streamed_text(events: list) -> str:
                    if isinstance(e, dict) and e.get("choices"))
 
 
-def open_stream(port: int, body: dict, rcvbuf: Optional[int] = None) -> socket.socket:
-    """Send a streamed chat request on a raw socket (optionally with a tiny receive buffer) and
-    return the socket without reading anything."""
+def connect(port: int, rcvbuf: Optional[int] = None) -> socket.socket:
+    """A raw client socket to the server, optionally with a tiny receive buffer."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     if rcvbuf is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.settimeout(TIMEOUT)
     sock.connect(("127.0.0.1", port))
-    data = json.dumps({**body, "stream": True}).encode()
+    return sock
+
+
+def send_chat(sock: socket.socket, body: dict, stream: bool = True) -> None:
+    """Send one chat request on ``sock`` (streamed unless ``stream`` is False)."""
+    data = json.dumps({**body, "stream": stream}).encode()
     sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
                  b"Content-Length: %d\r\n\r\n" % len(data) + data)
+
+
+def open_stream(port: int, body: dict, rcvbuf: Optional[int] = None) -> socket.socket:
+    """Send a streamed chat request on a fresh raw socket and return it, nothing read."""
+    sock = connect(port, rcvbuf)
+    send_chat(sock, body)
     return sock
+
+
+def shrink_server_send_buffer(server: ServerThread, sock: socket.socket, size: int = 4096) -> None:
+    """Give the server's end of ``sock`` a small kernel send buffer (loopback buffers otherwise
+    grow to megabytes), so that a client that stops reading soon makes the server wait."""
+    address = sock.getsockname()
+
+    async def shrink() -> bool:
+        for connection in server.server.http.registry.connections:
+            if connection.client == address:
+                connection.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+                return True
+        return False
+
+    for _ in range(100):
+        if server.call(shrink()):
+            return
+        time.sleep(0.01)
+    raise AssertionError("the server never registered the connection")
 
 
 def read_until(sock: socket.socket, marker: bytes, buffer: bytes = b"") -> bytes:

@@ -104,8 +104,6 @@ class LlamaBackend(Backend):
         self.model_id = config.model_name or expected_model_stem(config)
         self.model_path: Optional[Path] = None
         self.fingerprint: Optional[str] = None
-        #: Tokens generated since start-up, all requests together (finished or cut short).
-        self.generated_tokens = 0
         self._model: Optional[LoadedModel] = None
         self._state = "loading"
         self._error: Optional[BackendError] = None
@@ -117,6 +115,11 @@ class LlamaBackend(Backend):
     @property
     def state(self) -> str:
         return self._state
+
+    @property
+    def generated_tokens(self) -> int:
+        """Tokens generated since start-up, all requests together, counted as they come."""
+        return self._model.generated_tokens if self._model else 0
 
     @property
     def chat_format(self) -> Optional[ChatFormat]:
@@ -297,7 +300,6 @@ class LlamaBackend(Backend):
             tools = ToolCallFilter(emit, job.tool_names, hold_all=job.tool_mode == "forced")
             emit = tools.emit
         outcome = model.generate(job, emit, cancel, self._scheduler.stopping, self.config.request_timeout)
-        self.generated_tokens += outcome.completion_tokens
         if tools is not None and not outcome.cancelled:
             try:
                 outcome.tool_calls = tools.finish()
@@ -371,6 +373,7 @@ class LoadedModel:
             elif stop:
                 self.text_stops.append(stop)
         self._tokens: dict[int, tuple[bytes, bool]] = {}
+        self.generated_tokens = 0
         self._piece_buffer = ctypes.create_string_buffer(256)
 
     # -- any thread --------------------------------------------------------------------------
@@ -433,6 +436,7 @@ class LoadedModel:
                 if is_end:
                     break
                 outcome.completion_tokens += 1
+                self.generated_tokens += 1
                 if feed(piece, None if logprobs is None else self._logprob(token, piece, logprobs)):
                     break
                 if clock() > deadline:
