@@ -252,3 +252,11 @@ def test_stream_that_fails_midway_ends_properly_with_an_error_event():
         with pytest.raises((ConnectionClosed, ConnectionResetError)):
             client.request("GET", "/health")
             client.read_response()
+
+
+def test_shutdown_drops_a_connection_whose_head_is_still_arriving():
+    with running(build_server(shutdown_timeout=30)) as thread, Client(thread.port) as client:
+        client.send(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # no blank line yet
+        _wait_until(lambda: any(not c.idle for c in thread.connections()))
+        thread.stop_async().result(5)  # not held for the 30 s allowed to requests in hand
+        assert client.closed_by_server()

@@ -751,9 +751,11 @@ class HTTPProtocol(asyncio.Protocol):
         return self.cycle is None and not self._waiting_for_head
 
     def shutdown(self) -> None:
-        """Graceful stop: close now if idle, else close once the current response is done."""
+        """Graceful stop: close now unless a request is in hand (a head still arriving is dropped:
+        nothing of it was processed, so the client may safely retry), else close once the current
+        response is done."""
         self._closing_after_cycle = True
-        if self.idle or self._lingering:
+        if self.cycle is None:
             self._close()
 
     def abort_for_shutdown(self) -> None:
