@@ -179,6 +179,7 @@ def test_max_queue_zero_refuses_whenever_busy(tiny_model_path) -> None:
             error_of(post_chat(server.port, chat_body()), 429)
         finally:
             holder.close()
+        wait_for(lambda: not health(server)["busy"], "the holder's generation to stop")
         assert completion_of(server.port, chat_body(max_tokens=2))["usage"]["completion_tokens"] == 2
 
 
