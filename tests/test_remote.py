@@ -143,6 +143,7 @@ class Upstream:
         self.process = HeliosProcess("--bind", "127.0.0.1:0", "--config", str(config), cwd=directory)
         self.port = self.process.port
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.marks = 0
         assert wait_for(lambda: self.health() == "ok", 60), self.log()
 
     def health(self) -> str:
@@ -152,6 +153,16 @@ class Upstream:
 
     def log(self) -> str:
         return "".join(self.process.output)
+
+    def logged_so_far(self) -> int:
+        """How many chat requests the upstream has logged, once every request it finished before
+        this call is in the log: a marker request, logged after them, is waited for."""
+        self.marks += 1
+        with Client(self.port) as client:
+            client.request("GET", f"/health?mark={self.marks}")
+            client.read_response()
+        assert wait_for(lambda: self.access(f"/health?mark={self.marks}")), self.log()[-2000:]
+        return len(self.access())
 
     def access(self, target: str = "/v1/chat/completions") -> list:
         """The upstream's access-log entries for ``target``, oldest first."""
@@ -388,7 +399,7 @@ def test_upstream_refusal_keeps_its_status_and_message(upstream):
 
 
 def test_one_upstream_connection_serves_many_requests(upstream):
-    before = len(upstream.access())
+    before = upstream.logged_so_far()
     with running(proxy_server(upstream.base_url)) as proxy:
         for stream in (False, True, False, True):
             answer = post(proxy.port, {"model": "tiny", "messages": HELLO, "max_tokens": 3, "stream": stream})
@@ -404,12 +415,12 @@ def test_client_disconnect_stops_the_upstream_generation(upstream):
     (a reset, as a killed client does). The upstream logs its request as ended early: it sent
     less than the full answer, so its generation was stopped."""
     body = {"model": "tiny", "messages": HELLO, "max_tokens": 2000, "temperature": 0, "stream": True}
-    before = len(upstream.access())
+    before = upstream.logged_so_far()
     full = post(upstream.port, body)
     assert wait_for(lambda: len(upstream.access()) > before)
     full_sent = int(upstream.access()[before]["sent"])
     assert full_sent == len(full.body)
-    before = len(upstream.access())
+    before = upstream.logged_so_far()
     with running(proxy_server(upstream.base_url)) as proxy:
         client = Client(proxy.port)
         client.request("POST", "/v1/chat/completions", JSON, orjson.dumps(body))
@@ -434,8 +445,9 @@ def test_cli_serves_the_llm_section_as_a_proxy(upstream, tmp_path):
             models = client.read_response().json()
             client.request("GET", "/health")
             health = client.read_response().json()
+        before = upstream.logged_so_far()
         answer = post(proxy.port, {"model": "tiny", "messages": HELLO, "max_tokens": 2})
-        before = len(upstream.access())
+        assert wait_for(lambda: len(upstream.access()) == before + 1)
         unknown = post(proxy.port, {"model": "gpt-4", "messages": HELLO})
     finally:
         proxy.stop()
@@ -443,7 +455,7 @@ def test_cli_serves_the_llm_section_as_a_proxy(upstream, tmp_path):
     assert health == {"status": "ok", "model": "tiny", "backend_state": "ready", "backend": "remote"}
     assert answer.status == 200 and answer.json()["usage"]["completion_tokens"] == 2
     assert unknown.status == 404 and unknown.error()["code"] == "model_not_found"
-    assert len(upstream.access()) == before  # refused by the proxy itself
+    assert upstream.logged_so_far() == before + 1  # the unknown model was refused by the proxy itself
 
 
 def test_cli_refuses_a_base_url_that_is_not_http(tmp_path):
