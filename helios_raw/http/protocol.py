@@ -49,6 +49,8 @@ _SERVER_HEADER = (b"server", b"helios_raw")
 #: Bytes h11 lets through in a header value that RFC 9110 forbids: C0 controls but HTAB, and DEL.
 _CONTROL_BYTE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+#: Common methods and versions as text, without decoding them for every request.
+_TEXT = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "1.1", "1.0")}
 _h11_Request = h11.Request
 _h11_Data = h11.Data
 _h11_EndOfMessage = h11.EndOfMessage
@@ -247,6 +249,8 @@ class HTTPProtocol(asyncio.Protocol):
         self._on_deadline = None  # what to do at ``_deadline``; None: nothing is timed
         self._waiting_for_head = False  # bytes of a head have arrived, the head is not complete
         self._reading_paused = False
+        self._head_timed = False  # the head deadline runs for the head now arriving
+        self._discard_input = False  # nothing more is read: closing, lingering, or the client is done
         self._lingering = False
         self._closing = False
         self._closing_after_cycle = False
@@ -307,11 +311,11 @@ class HTTPProtocol(asyncio.Protocol):
         self.flow.resume()
 
     def data_received(self, data: bytes) -> None:
-        if self._lingering or self._closing or self.conn.their_state is _h11_MUST_CLOSE:
-            return  # nothing more will be read on this connection
+        if self._discard_input:
+            return
         if self.cycle is None and not self._waiting_for_head:
-            self._waiting_for_head = True
-            self._set_deadline(self.limits.head_timeout, self._on_head_timeout)
+            self._waiting_for_head = True  # its deadline is armed if this read leaves it incomplete
+            self._head_timed = False
         self.conn.receive_data(data)
         self._handle_events()
 
@@ -326,11 +330,7 @@ class HTTPProtocol(asyncio.Protocol):
 
     def _next_events(self) -> None:
         conn = self.conn
-        while not (self._closing or self._lingering):
-            if conn.their_state is _h11_MUST_CLOSE:
-                # The client said this was its last request: anything after it is ignored, and
-                # the answer already owed is still sent.
-                return
+        while not self._discard_input:
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
@@ -338,6 +338,9 @@ class HTTPProtocol(asyncio.Protocol):
                 return
             if event is _h11_NEED_DATA:
                 if self.cycle is None and self._waiting_for_head:
+                    if not self._head_timed:  # from the head's first byte, which came just now
+                        self._head_timed = True
+                        self._set_deadline(self.limits.head_timeout, self._on_head_timeout)
                     self._check_partial_head()
                 return
             if event is _h11_PAUSED:
@@ -354,7 +357,12 @@ class HTTPProtocol(asyncio.Protocol):
                 self._on_body(event.data)
             elif event_type is _h11_EndOfMessage:
                 self._clear_deadline()
+                keep_alive = self.cycle.keep_alive
                 self._dispatch()
+                if not keep_alive:
+                    # The client said this was its last request: anything after it is ignored,
+                    # and the answer owed is still sent.
+                    self._discard_input = True
             else:  # ConnectionClosed: the client finished sending and everything is answered
                 if self.cycle is None:
                     self._close()
@@ -386,9 +394,10 @@ class HTTPProtocol(asyncio.Protocol):
     def _on_request(self, event: h11.Request) -> bool:
         """Validate a request head; start its cycle. False if the connection is being closed."""
         self._waiting_for_head = False
-        headers = event.headers
-        head_size = len(event.method) + len(event.target) + 12
-        has_length = has_chunked = control_byte = False
+        limits = self.limits
+        method, target, headers, version = event.method, event.target, event.headers, event.http_version
+        head_size = len(method) + len(target) + 12
+        has_length = has_chunked = control_byte = close = False
         content_length = 0
         for name, value in headers:
             head_size += len(name) + len(value) + 4
@@ -399,25 +408,27 @@ class HTTPProtocol(asyncio.Protocol):
                 content_length = int(value)
             elif name == b"transfer-encoding":
                 has_chunked = True
+            elif name == b"connection" and b"close" in value.lower():
+                close = True
         request = Request(
-            event.method.decode("ascii", "replace"),
-            event.target,
+            _TEXT.get(method) or method.decode("ascii", "replace"),
+            target,
             headers,
             client=self.client,
-            http_version=event.http_version.decode("ascii", "replace"),
+            http_version=_TEXT.get(version) or version.decode("ascii", "replace"),
         )
         error = None
-        if event.http_version not in _VERSIONS:
+        if version not in _VERSIONS:
             error = APIError(505, "Only HTTP/1.0 and HTTP/1.1 are supported.", code="http_version_not_supported")
-        elif len(event.target) > self.limits.max_target_bytes:
-            error = _uri_too_long(self.limits)
-        elif len(event.method) + len(event.target) > self.limits.max_target_bytes + 32:
-            error = _request_line_too_long(self.limits)
-        elif len(headers) > self.limits.max_header_count:
-            error = APIError(431, f"The request has more than {self.limits.max_header_count} header fields.",
+        elif len(target) > limits.max_target_bytes:
+            error = _uri_too_long(limits)
+        elif len(method) + len(target) > limits.max_target_bytes + 32:
+            error = _request_line_too_long(limits)
+        elif len(headers) > limits.max_header_count:
+            error = APIError(431, f"The request has more than {limits.max_header_count} header fields.",
                              code="request_header_fields_too_large")
-        elif head_size > self.limits.max_head_bytes:
-            error = _head_too_large(self.limits)
+        elif head_size > limits.max_head_bytes:
+            error = _head_too_large(limits)
         elif has_length and has_chunked:
             error = APIError(400, "A request must not carry both Content-Length and Transfer-Encoding.",
                              code="bad_request")
@@ -429,16 +440,15 @@ class HTTPProtocol(asyncio.Protocol):
             return False
 
         # h11 does not keep HTTP/1.0 connections alive, so neither do we.
-        keep_alive = event.http_version == b"1.1" and not _header_has(headers, b"connection", b"close")
-        self.cycle = _Cycle(request, keep_alive)
-        if has_length and content_length > self.limits.max_body_bytes:
+        self.cycle = _Cycle(request, version == b"1.1" and not close)
+        if has_length and content_length > limits.max_body_bytes:
             self._refuse_body(request)
             return False
         if has_length or has_chunked:
             if self.conn.they_are_waiting_for_100_continue:
                 self.transport.write(self.conn.send(h11.InformationalResponse(
                     status_code=100, headers=[], reason=b"Continue")))
-            self._set_deadline(self.limits.body_idle_timeout, self._on_body_timeout)
+            self._set_deadline(limits.body_idle_timeout, self._on_body_timeout)
         else:
             self._clear_deadline()
         return True
@@ -646,7 +656,7 @@ class HTTPProtocol(asyncio.Protocol):
             self.transport.resume_reading()
         pending, eof = conn.trailing_data
         if pending:  # a pipelined request is already here
-            self._waiting_for_head = True
+            self._waiting_for_head = self._head_timed = True
             self._set_deadline(self.limits.head_timeout, self._on_head_timeout)
         else:
             self._set_deadline(self.limits.keepalive_timeout, self._on_idle_timeout)
@@ -683,7 +693,7 @@ class HTTPProtocol(asyncio.Protocol):
     def _linger(self) -> None:
         """Stop answering, but read and discard for a moment so the client receives our answer
         instead of a reset."""
-        self._lingering = True
+        self._lingering = self._discard_input = True
         self._waiting_for_head = False
         if self.transport.can_write_eof():
             self.transport.write_eof()
@@ -693,7 +703,7 @@ class HTTPProtocol(asyncio.Protocol):
         self._set_deadline(_LINGER_SECONDS, self._close)
 
     def _close(self) -> None:
-        self._closing = True
+        self._closing = self._discard_input = True
         self._clear_deadline()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
@@ -774,13 +784,6 @@ class HTTPProtocol(asyncio.Protocol):
 
 async def _ready(response: StreamingResponse) -> StreamingResponse:
     return response
-
-
-def _header_has(headers, name: bytes, token: bytes) -> bool:
-    for key, value in headers:
-        if key == name and token in value.lower():
-            return True
-    return False
 
 
 def _describe(exc: h11.RemoteProtocolError) -> str:
