@@ -82,8 +82,8 @@ def main(argv: Optional[list] = None) -> int:
         if exc.errno == errno.EACCES:
             return _fail(f"Permission denied to listen on port {config.server.port}.")
         return _fail(f"{exc.strerror or exc}.")
-    except KeyboardInterrupt:
-        return 0
+    except KeyboardInterrupt:  # a second Ctrl-C during a graceful stop, or one during start-up
+        return 130
     except Exception as exc:  # a bug, not a user's mistake: still one sentence, details in the log
         logging.getLogger("helios_raw").debug("unexpected error", exc_info=exc)
         return _fail(f"Unexpected error: {type(exc).__name__}: {exc} (run with --log-level debug for details)")

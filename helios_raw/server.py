@@ -81,10 +81,16 @@ class Server:
         return self.http.address
 
     async def start(self) -> tuple[str, int]:
-        """Start the backend (a model loads in the background) and listen; the bound address."""
+        """Start the backend (a model loads in the background) and listen; the bound address.
+        If listening fails (say, the port is taken) the backend is closed again."""
         if self.backend is not None:
             await self.backend.start()
-        host, port = await self.http.start()
+        try:
+            host, port = await self.http.start()
+        except BaseException:
+            if self.backend is not None:
+                await self.backend.close()
+            raise
         log.info("listening on http://%s:%d", host if ":" not in host else f"[{host}]", port)
         for route in sorted(self.app.routes, key=lambda r: (r.template, r.method)):
             log.info("route %-6s %s%s", route.method, route.template,
@@ -99,20 +105,28 @@ class Server:
             await self.backend.close()
 
     async def run_until_signal(self) -> None:
-        """Serve until SIGINT or SIGTERM, then stop gracefully."""
+        """Serve until SIGINT or SIGTERM, then stop gracefully. A second signal during the
+        graceful stop is left to Python's default handling: Ctrl-C twice stops at once."""
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        signals = (signal.SIGINT, signal.SIGTERM)
+        for sig in signals:
             loop.add_signal_handler(sig, stopping.set)
-        await self.start()
-        if self.backend is not None:
-            waiter = asyncio.ensure_future(self.backend.wait_ready())
-            await asyncio.wait([waiter, asyncio.ensure_future(stopping.wait())],
-                               return_when=asyncio.FIRST_COMPLETED)
-            if waiter.done() and waiter.exception() is not None:
-                await self.stop(0)
-                raise waiter.exception()
-        await stopping.wait()
+        try:
+            await self.start()
+            signalled = asyncio.ensure_future(stopping.wait())
+            if self.backend is not None:
+                ready = asyncio.ensure_future(self.backend.wait_ready())
+                await asyncio.wait([ready, signalled], return_when=asyncio.FIRST_COMPLETED)
+                if ready.done() and ready.exception() is not None:
+                    signalled.cancel()
+                    await self.stop(0)
+                    raise ready.exception()
+                ready.cancel()
+            await signalled
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
         log.info("shutting down")
         await self.stop()
 

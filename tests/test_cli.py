@@ -156,6 +156,24 @@ def test_sigterm_lets_a_request_in_flight_finish(tmp_path):
         server.stop()
 
 
+def test_second_signal_during_a_graceful_stop_ends_it_at_once(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text("[server]\nshutdown_timeout = 60\n")
+    server = serve("--no-model", "--bind", "127.0.0.1:0", "--config", str(config))
+    try:
+        client = Client(server.port)
+        client.request("POST", "/health", [("Expect", "100-continue"), ("Content-Length", "10")])
+        assert client.read_head().status == 100  # a request in hand would hold the stop for 60 s
+        server.process.send_signal(signal.SIGTERM)
+        _wait_for_line(server, "shutting down")
+        server.process.send_signal(signal.SIGINT)
+        assert server.process.wait(10) == 130
+        client.close()
+    finally:
+        server.stop()
+    assert "Traceback" not in "".join(server.output)
+
+
 def _wait_for_line(server: ServerProcess, fragment: str, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while not any(fragment in line for line in server.output):

@@ -124,3 +124,8 @@ def test_missing_file_and_directory(tmp_path):
 def test_config_from_dict_without_a_file():
     config = config_from_dict({"server": {"port": 0, "limits": {"max_connections": 7}}})
     assert config.server.port == 0 and config.server.limits.max_connections == 7
+
+
+def test_write_buffer_low_must_not_exceed_high(tmp_path):
+    with pytest.raises(ConfigError, match="write_buffer_low"):
+        _load(tmp_path, "[server.limits]\nwrite_buffer_low = 100\nwrite_buffer_high = 10\n")

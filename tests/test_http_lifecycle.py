@@ -260,3 +260,16 @@ def test_shutdown_drops_a_connection_whose_head_is_still_arriving():
         _wait_until(lambda: any(not c.idle for c in thread.connections()))
         thread.stop_async().result(5)  # not held for the 30 s allowed to requests in hand
         assert client.closed_by_server()
+
+
+def test_start_on_a_taken_port_raises_and_leaves_nothing_running():
+    async def main():
+        first = Server()
+        first.http.port = 0
+        _, port = await first.start()
+        second = ServerBuilder().address(f"127.0.0.1:{port}").build()
+        with pytest.raises(OSError):
+            await second.start()
+        await first.stop()
+
+    asyncio.run(main())

@@ -51,4 +51,7 @@ class Limits:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"limit {key!r} must be a positive number, not {value!r}")
             kwargs[key] = type(getattr(cls, key))(value)
-        return cls(**kwargs)
+        limits = cls(**kwargs)
+        if limits.write_buffer_low > limits.write_buffer_high:
+            raise ValueError("limit 'write_buffer_low' must not exceed 'write_buffer_high'")
+        return limits
