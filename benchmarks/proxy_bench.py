@@ -56,7 +56,8 @@ class HeliosServer:
                 "--no-access-log"]
         self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         self.port = self._port_from_output()
-        threading.Thread(target=lambda: [None for _ in self.process.stdout], daemon=True).start()
+        self._drainer = threading.Thread(target=lambda: [None for _ in self.process.stdout], daemon=True)
+        self._drainer.start()
         self._wait_ready()
 
     def _wait_ready(self, timeout: float = 60.0) -> None:
@@ -90,6 +91,8 @@ class HeliosServer:
             except subprocess.TimeoutExpired:
                 os.kill(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+        self._drainer.join(5)
+        self.process.stdout.close()
 
 
 class KeepAlive:

@@ -110,7 +110,8 @@ class HeliosProcess:
                 self.port = int(found.group(1))
                 break
         assert self.port, "".join(self.output)
-        threading.Thread(target=self._drain, daemon=True).start()
+        self._drainer = threading.Thread(target=self._drain, daemon=True)
+        self._drainer.start()
 
     def _drain(self) -> None:
         for line in self.process.stdout:
@@ -123,6 +124,8 @@ class HeliosProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        self._drainer.join(5)
+        self.process.stdout.close()
 
 
 # -- the real upstream: a helios_raw process serving the tiny model -----------------------------
@@ -808,6 +811,7 @@ class TLSTerminator:
         self.port = port
         self.context = context
         self.connections = 0
+        self._writers: list = []
 
     async def start(self):
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.context)
@@ -815,11 +819,14 @@ class TLSTerminator:
 
     async def stop(self, timeout=None):
         self._server.close()
+        for writer in self._writers:
+            writer.close()
         await self._server.wait_closed()
 
     async def _serve(self, reader, writer) -> None:
         self.connections += 1
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self._writers += [writer, up_writer]
 
         async def pipe(src, dst):
             try:

@@ -91,6 +91,7 @@ class _Wire(asyncio.Protocol):
         self._writing_paused = False
         self._reader: Optional[asyncio.Future] = None
         self._drainer: Optional[asyncio.Future] = None
+        self.lost = loop.create_future()
 
     # asyncio callbacks
 
@@ -121,6 +122,7 @@ class _Wire(asyncio.Protocol):
         self._writing_paused = False
         self._wake(self._reader)
         self._wake(self._drainer)
+        self._wake(self.lost)
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -167,9 +169,14 @@ class _Wire(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def close_gracefully(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+    async def close_gracefully(self, timeout: float) -> None:
+        """Close, waiting up to ``timeout`` seconds for the close to finish (a TLS connection
+        says goodbye first); then abort."""
+        self.transport.close()
+        try:
+            await asyncio.wait_for(asyncio.shield(self.lost), timeout)
+        except asyncio.TimeoutError:
+            self.transport.abort()
 
     # helpers
 
@@ -401,13 +408,15 @@ class HTTPClient:
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def aclose(self) -> None:
-        """Close every idle connection; responses still open close their own when closed."""
+    async def aclose(self, timeout: float = 1.0) -> None:
+        """Close every idle connection (waiting up to ``timeout`` seconds for them to finish
+        closing); responses still open close their own connections when closed."""
         self._closed = True
+        idle = [connection for origin in self._origins.values() for connection in origin.idle]
         for origin in self._origins.values():
-            for connection in origin.idle:
-                connection.wire.close_gracefully()
             origin.idle.clear()
+        if idle:
+            await asyncio.gather(*(connection.wire.close_gracefully(timeout) for connection in idle))
 
     # -- internals ---------------------------------------------------------------------------
 
