@@ -145,3 +145,19 @@ def test_query_and_trailing_slash_reach_the_route(server):
     with Client(server.port) as client:
         client.request("GET", "/seq/?i=7&unused=")
         assert client.read_response().json() == {"i": 7}
+
+
+def test_one_access_log_line_per_request(server, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="helios_raw.access")
+    with Client(server.port) as client:
+        client.request("GET", "/static?x=1")
+        body = client.read_response().body
+        client.request("GET", "/missing")
+        client.read_response()
+        local = "%s:%d" % client.sock.getsockname()
+    lines = [r.getMessage() for r in caplog.records if r.name == "helios_raw.access"]
+    assert len(lines) == 2
+    assert re.fullmatch(re.escape(f'{local} - "GET /static?x=1 HTTP/1.1" 200 {len(body)} ') + r"\d+\.\dms", lines[0])
+    assert lines[1].startswith(f'{local} - "GET /missing HTTP/1.1" 404 ')
