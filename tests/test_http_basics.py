@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import socket
+import time
 
 import pytest
 from tests.support.rawhttp import Client, build_server, running
@@ -157,7 +158,10 @@ def test_one_access_log_line_per_request(server, caplog):
         client.request("GET", "/missing")
         client.read_response()
         local = "%s:%d" % client.sock.getsockname()
-    lines = [r.getMessage() for r in caplog.records if r.name == "helios_raw.access"]
+    deadline = time.monotonic() + 10  # the server logs just after writing: wait for its thread
+    while len(lines := [r.getMessage() for r in caplog.records if r.name == "helios_raw.access"]) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     assert len(lines) == 2
     assert re.fullmatch(re.escape(f'{local} - "GET /static?x=1 HTTP/1.1" 200 {len(body)} ') + r"\d+\.\dms", lines[0])
     assert lines[1].startswith(f'{local} - "GET /missing HTTP/1.1" 404 ')
