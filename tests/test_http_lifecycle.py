@@ -54,7 +54,7 @@ def test_two_servers_in_one_loop_and_the_loop_keeps_running_after_stop():
     async def main():
         first, second = Server(), Server()
         first.http.port = second.http.port = 0
-        (h1, p1), (h2, p2) = await first.start(), await second.start()
+        (_, p1), (h2, p2) = await first.start(), await second.start()
         assert p1 != p2
         await first.stop()
         answer = await _get(h2, p2, "/health")

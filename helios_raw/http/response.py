@@ -6,7 +6,6 @@ whose ``producer`` is given a :class:`ResponseWriter` by the protocol and writes
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Awaitable, Callable, Optional, Union
 
 import orjson
