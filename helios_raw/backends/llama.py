@@ -129,8 +129,8 @@ class LlamaBackend(Backend):
     def health(self) -> dict:
         facts = {"model": self.model_id, "backend_state": self.state, "queue_waiting": self._scheduler.waiting,
                  "busy": self._scheduler.busy, "generated_tokens": self.generated_tokens}
-        if self._model is not None:
-            facts["chat_format"] = self._model.format.name
+        if self.chat_format is not None:
+            facts["chat_format"] = self.chat_format.name
         return facts
 
     async def start(self) -> None:
