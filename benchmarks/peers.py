@@ -1,10 +1,10 @@
-"""The servers under test, run as subprocesses: helios_raw and llama-cpp-python's own server.
+"""The servers under test, run as subprocesses: helios_raw, llama-cpp-python's own server, and
+the HTTP ceilings of ``ceilings.py``.
 
 Each :class:`Server` starts on a free loopback port, is polled until it answers, and is stopped
-by its process id. Every process started here (and any other object with a ``stop()`` handed to
-:func:`track`) is stopped by :func:`stop_all`, which runs from the runner's ``finally``, at exit,
-and on SIGINT/SIGTERM/SIGHUP; on Linux the kernel also sends each child SIGTERM if the runner
-itself dies, so an interrupted run leaves no server behind.
+by its process id. Every one started is stopped by :func:`stop_all`, which runs from the runner's
+``finally``, at exit, and on SIGINT/SIGTERM/SIGHUP; on Linux the kernel also sends each child
+SIGTERM if the runner itself dies, so an interrupted run leaves no server behind.
 
 Both servers get the same model file, thread count, context size and llama.cpp load settings
 (:class:`ModelSetup`), so they differ only in the HTTP and scheduling layers on top.
@@ -74,14 +74,8 @@ _running: list = []
 _handlers_installed = False
 
 
-def track(process) -> None:
-    """Have :func:`stop_all` stop ``process`` (anything with ``stop()``), e.g. a ceiling server."""
-    _install_handlers()
-    _running.append(process)
-
-
 def stop_all() -> None:
-    """Stop every tracked process, newest first. Safe to call more than once."""
+    """Stop every server started here and still running, newest first. Safe to call twice."""
     while _running:
         process = _running.pop()
         try:
@@ -126,7 +120,7 @@ class ServerFailed(RuntimeError):
     """A server exited or never became ready; the message ends with its log's tail."""
 
 
-@dataclass
+@dataclass(eq=False)
 class Server:
     """One server process. ``ready_path`` is polled until ``is_ready(status, body)`` holds."""
 
@@ -279,6 +273,14 @@ def llama_cpp_server(setup: ModelSetup, interrupt_requests: bool = True) -> Serv
     env.update({key: str(value) for key, value in settings.items()})
     name = "llama_cpp.server" if interrupt_requests else "llama_cpp.server --interrupt_requests False"
     return Server(name, _launch("uvicorn", args, setup), port, "/v1/models", lambda status, body: status == 200, env=env)
+
+
+def http_ceiling(kind: str) -> Server:
+    """One of ``benchmarks/ceilings.py``'s reference servers ("fixed" or "h11"), not yet started."""
+    port = free_port()
+    argv = [sys.executable, "-m", "benchmarks.ceilings", kind, "--bind", f"127.0.0.1:{port}"]
+    env = dict(os.environ, PYTHONPATH=_project_path())
+    return Server(f"{kind} ceiling", argv, port, "/", lambda status, body: status == 200, env=env)
 
 
 def peer_missing() -> list:

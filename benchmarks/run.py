@@ -146,12 +146,10 @@ class Runner:
                 self.note(f"{label} did not start, its rows are empty: {exc}")
                 server.stop()
                 del self.servers[label]
-        from benchmarks.ceilings import start_ceiling
-
         for label, kind in ((CEILING_H11, "h11"), (CEILING_FIXED, "fixed")):
             try:
-                ceiling = start_ceiling(kind)
-                peers.track(ceiling)
+                ceiling = peers.http_ceiling(kind).start()
+                ceiling.wait_ready(30)
                 self.ceilings[label] = ceiling
             except Exception as exc:
                 self.note(f"the {label} ceiling did not start: {exc}")
@@ -340,7 +338,7 @@ class Runner:
         started, busy_before, own_before = self.cpu_mark
         wall = time.monotonic() - started
         busy = busy_cpu_seconds() - busy_before
-        pids = [server.pid for server in self.servers.values()] + [c.process.pid for c in self.ceilings.values()]
+        pids = [server.pid for server in self.servers.values()] + [c.pid for c in self.ceilings.values()]
         ours = _own_cpu_seconds() - own_before + sum(process_cpu_seconds(pid) for pid in pids)
         others = max(0.0, busy - ours)
         share = others / (wall * (os.cpu_count() or 1))
