@@ -32,15 +32,17 @@ def completion(
     fingerprint: Optional[str] = None,
 ) -> dict:
     """A ``chat.completion`` object with one choice."""
-    return {
+    result = {
         "id": id or new_id(),
         "object": "chat.completion",
         "created": created or int(time.time()),
         "model": model,
         "choices": [{"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish_reason}],
         "usage": usage_,
-        "system_fingerprint": fingerprint,
     }
+    if fingerprint is not None:  # OpenAI's schema allows it absent, not null
+        result["system_fingerprint"] = fingerprint
+    return result
 
 
 def assistant_message(content: Optional[str], tool_calls: Optional[list] = None) -> dict:
@@ -62,14 +64,7 @@ class ChunkFactory:
         self.fingerprint = fingerprint
 
     def chunk(self, delta: dict, finish_reason: Optional[str] = None, logprobs: Optional[dict] = None) -> dict:
-        return {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": self.fingerprint,
-            "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
-        }
+        return self._envelope([{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}])
 
     def role(self) -> dict:
         """The first chunk: the assistant role, no content yet."""
@@ -83,15 +78,21 @@ class ChunkFactory:
 
     def usage(self, usage_: dict) -> dict:
         """The ``include_usage`` chunk: empty ``choices`` and the usage of the whole request."""
-        return {
+        chunk = self._envelope([])
+        chunk["usage"] = usage_
+        return chunk
+
+    def _envelope(self, choices: list) -> dict:
+        chunk = {
             "id": self.id,
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
-            "system_fingerprint": self.fingerprint,
-            "choices": [],
-            "usage": usage_,
+            "choices": choices,
         }
+        if self.fingerprint is not None:  # OpenAI's schema allows it absent, not null
+            chunk["system_fingerprint"] = self.fingerprint
+        return chunk
 
 
 def model_object(model_id: str, created: int, owned_by: str) -> dict:
