@@ -109,8 +109,8 @@ write_timeout = {limits_write_timeout}
 # default small model is served.
 [local]
 # model_path = "models/model.gguf"
-# Or a model downloaded from the Hugging Face Hub on first start: the repository and a file
-# name (or glob) in it.
+# Or a model already in the local Hugging Face cache (nothing is downloaded): the repository
+# and a file name (or glob) in it.
 # huggingface_repo = "Qwen/Qwen2.5-0.5B-Instruct-GGUF"
 # model_file = "*q4_k_m.gguf"
 # The id listed by /v1/models; by default the file's name without .gguf.
