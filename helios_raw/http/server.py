@@ -92,7 +92,8 @@ class HTTPServer:
         for connection in list(registry.connections):
             connection.shutdown()
         try:
-            await asyncio.wait_for(registry.wait_empty(), timeout)
+            if registry.connections:
+                await asyncio.wait_for(registry.wait_empty(), timeout)
         except asyncio.TimeoutError:
             busy = list(registry.connections)
             log.warning("shutdown deadline of %gs passed; ending %d response(s) in flight", timeout, len(busy))
