@@ -441,7 +441,7 @@ def machine_facts(setup: peers.ModelSetup, plan: Plan, chat_format_reason: str) 
     wrk = shutil.which("wrk")
     if wrk:
         done = subprocess.run([wrk, "-v"], capture_output=True, text=True)
-        found = re.search(r"wrk ([\w.\-]+)", done.stdout + done.stderr)
+        found = re.search(r"wrk (\S+)", done.stdout + done.stderr)
         versions["wrk"] = found.group(1) if found else "?"
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
