@@ -40,6 +40,8 @@ from urllib.parse import urlsplit
 
 import h11
 
+from .tcp import disable_nagle
+
 #: Bytes buffered from a connection before reading from it is paused until the reader catches up.
 _READ_HIGH_WATER = 256 * 1024
 _READ_SIZE_HINT = 64 * 1024
@@ -97,12 +99,7 @@ class _Wire(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:  # pragma: no cover - platform dependent
-                pass
+        disable_nagle(transport)
 
     def data_received(self, data: bytes) -> None:
         self._chunks.append(data)

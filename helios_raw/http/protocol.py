@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import re
-import socket
 import threading
 import time
 from email.utils import formatdate
@@ -39,6 +38,7 @@ from ..errors import APIError, server_error
 from .limits import Limits
 from .request import Request
 from .response import ClientGone, Response, ResponseWriter, StreamingResponse, error_response
+from .tcp import disable_nagle
 
 if TYPE_CHECKING:  # pragma: no cover
     from .server import ConnectionRegistry
@@ -261,12 +261,7 @@ class HTTPProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.client = transport.get_extra_info("peername")
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:  # pragma: no cover - platform dependent
-                pass
+        disable_nagle(transport)
         self.transport.set_write_buffer_limits(self.limits.write_buffer_high, self.limits.write_buffer_low)
         if self.registry.shutting_down:
             self._close()
