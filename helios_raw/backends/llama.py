@@ -355,6 +355,9 @@ class LoadedModel:
     """
 
     def __init__(self, llama_cpp, llama, chat_format: Optional[str]) -> None:
+        import numpy  # llama-cpp-python's own dependency
+
+        self.np = numpy
         self.lc = llama_cpp
         self.llama = llama
         self.vocab = llama._model.vocab
@@ -380,6 +383,10 @@ class LoadedModel:
         self._tokens: dict[int, tuple[bytes, bool]] = {}
         self.generated_tokens = 0
         self._piece_buffer = ctypes.create_string_buffer(256)
+        # True while the context's logits are those computed for the last token in its cache
+        # (``llama.input_ids[llama.n_tokens - 1]``): a prompt equal to the cache is then sampled
+        # from them without evaluating anything.
+        self._logits_current = False
 
     # -- any thread --------------------------------------------------------------------------
 
@@ -403,7 +410,7 @@ class LoadedModel:
         """Decode a few tokens and forget them: llama.cpp sets up its compute graphs on the first
         decode (hundreds of milliseconds), which the first request should not wait for."""
         self.llama.eval([self.bos if self.bos >= 0 else 0] * 8)
-        self.llama.reset()
+        self._forget()
 
     def generate(self, job: Job, emit: Emit, cancel: Cancellation, stopping, timeout: float) -> Outcome:
         """Prefill the prompt, then sample until an end token, a stop string, ``max_new_tokens``,
@@ -428,13 +435,14 @@ class LoadedModel:
             feed = text.feed
             clock = time.monotonic
             position = llama.n_tokens
-            limit = position + job.max_new_tokens
-            while True:
+            budget = job.max_new_tokens
+            if budget <= 0:
+                outcome.finish_reason = "length"
+            # The last token sampled is never decoded (nothing would read its logits): the cache
+            # then ends with the last token decoded, and the context's logits are still its own.
+            while budget > 0:
                 if cancel.is_set() or stopping.is_set():
                     outcome.cancelled = True
-                    break
-                if position >= limit:
-                    outcome.finish_reason = "length"
                     break
                 token = sample(chain, ctx, -1)
                 piece, is_end = known.get(token) or token_info(token)
@@ -444,7 +452,7 @@ class LoadedModel:
                 self.generated_tokens += 1
                 if feed(piece, None if logprobs is None else self._logprob(token, piece, logprobs)):
                     break
-                if clock() > deadline:
+                if outcome.completion_tokens >= budget or clock() > deadline:
                     outcome.finish_reason = "length"
                     break
                 batch_token[0], batch_pos[0] = token, position
@@ -461,21 +469,29 @@ class LoadedModel:
             raise
         except Exception:
             log.exception("generation failed")
-            llama.reset()
+            self._forget()
             raise server_error("The model failed while generating; see the server log.") from None
         finally:
             lc.llama_sampler_free(chain)
         return outcome
 
     def _prefill(self, prompt: list[int], cancel: Cancellation, stopping) -> bool:
-        """Evaluate ``prompt``, reusing the context's longest common prefix with the previous one.
-        False if cancelled between batches."""
+        """Make the context hold exactly ``prompt`` with the logits of its last token, evaluating
+        only what the cache lacks: nothing when ``prompt`` is the cache and its logits are still
+        current, else everything after the longest common prefix (at least the last token).
+        False if cancelled between batches (the context is then empty)."""
         llama = self.llama
-        reusable = 0
-        limit = min(llama.n_tokens, len(prompt) - 1)  # at least one token must be evaluated afresh
-        previous = llama.input_ids
-        while reusable < limit and previous[reusable] == prompt[reusable]:
-            reusable += 1
+        cached = llama.n_tokens
+        size = len(prompt)
+        shared = min(cached, size)
+        if shared:
+            differs = self.np.flatnonzero(llama.input_ids[:shared] != self.np.asarray(prompt[:shared]))
+            if differs.size:
+                shared = int(differs[0])
+        if shared == size == cached and self._logits_current:
+            return True
+        reusable = min(shared, size - 1)
+        self._logits_current = False
         if reusable > 0 and llama._ctx.kv_cache_seq_rm(-1, reusable, -1):
             llama.n_tokens = reusable
         else:
@@ -487,7 +503,13 @@ class LoadedModel:
                 llama.reset()
                 return False
             llama.eval(rest[start:start + step])
+        self._logits_current = True
         return True
+
+    def _forget(self) -> None:
+        """Empty the context (its cache and its logits)."""
+        self.llama.reset()
+        self._logits_current = False
 
     def _sampler(self, job: Job):
         """A llama.cpp sampler chain for ``job``, in llama-cpp-python's order; freed by the caller."""
@@ -538,8 +560,7 @@ class LoadedModel:
 
     def _logprob(self, token: int, piece: bytes, top: int) -> dict:
         """OpenAI's logprob entry for the token just sampled (from the model's raw logits)."""
-        import numpy as np
-
+        np = self.np
         logits = np.ctypeslib.as_array(self.lc.llama_get_logits_ith(self.llama.ctx, -1), shape=(self.n_vocab,))
         peak = float(logits.max())
         log_total = peak + math.log(float(np.exp(logits - peak).sum()))
