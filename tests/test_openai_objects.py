@@ -195,6 +195,7 @@ def test_agent_hands_client_tool_calls_back_as_openai_objects() -> None:
             assert status == 200, body
             message = checked_completion(body)["choices"][0]["message"]
             assert [c["function"] for c in message["tool_calls"]] == [{"name": "open_door", "arguments": "{}"}]
+            assert message["content"] is None  # the model said nothing, as OpenAI reports it
 
             events = await stream_events(port, chat("Open the door", tools=[DOOR], stream=True,
                                                     stream_options={"include_usage": True}))
@@ -290,7 +291,7 @@ def test_sdk_reads_tool_calls_the_agent_hands_back() -> None:
             async with async_sdk(port) as client:
                 response = await client.chat.completions.create(model="weather-agent", messages=ask, tools=[DOOR])
                 choice = response.choices[0]
-                assert choice.finish_reason == "tool_calls"
+                assert choice.finish_reason == "tool_calls" and choice.message.content is None
                 (call,) = choice.message.tool_calls
                 assert call.type == "function" and call.id.startswith("call_")
                 assert (call.function.name, call.function.arguments) == ("open_door", "{}")

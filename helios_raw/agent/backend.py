@@ -74,7 +74,9 @@ class AgentBackend(Backend):
             if ending is not None:
                 break
             await conversation.run_tools(step, cancel)
-        message = assistant_message(conversation.text + ending.note, ending.client_calls or None)
+        text = conversation.text + ending.note
+        # Tool calls with nothing said come with a null content, as OpenAI sends them.
+        message = assistant_message(text if text or not ending.client_calls else None, ending.client_calls or None)
         return completion(self.model_id, message, ending.finish_reason, conversation.usage)
 
     async def open_stream(self, request: ChatRequest, cancel: Cancellation) -> ChunkStream:
