@@ -5,7 +5,9 @@ read by the official ``openai`` SDK with its strict response validation on.
   through the real RemoteBackend): completions, each kind of chunk (role, content, tool calls,
   finish, usage), tool calls handed back to the client, errors before and inside a stream;
 - the remote backend over a second helios_raw process serving the tiny model: relayed
-  completions, chunks, tool calls and errors;
+  completions, chunks, tool calls and errors; and over the replayed OpenAI API, whose tool calls
+  stream in many pieces;
+- the agent backend over the local model: its answers and the client's tool calls handed back;
 - the local backend's tool calls, streamed and not;
 - the HTTP layer's errors (whatever the backend) and the model objects.
 
@@ -422,6 +424,32 @@ def test_remote_error_inside_a_stream_is_an_error_object() -> None:
     with running(FakeUpstream(fail_midway)) as up, running(proxy_server(f"http://127.0.0.1:{up.port}/v1")) as proxy:
         events = relayed_stream(proxy.port, {"model": "tiny", "messages": HELLO})
     assert error_event(events) == {"message": "Overloaded.", "type": "server_error", "param": None, "code": "529"}
+
+
+def test_remote_relays_openai_tool_call_streams_a_client_can_assemble() -> None:
+    """The replayed OpenAI API as the upstream: its tool calls, streamed as OpenAI streams them
+    (each call's head, then its arguments a few characters per chunk), relayed and assembled by a
+    client and by the SDK's streaming helper into the calls of the non-streamed answer."""
+    question = "Weather and door"
+    recorded = recorded_tool_calls(("get_weather", '{"city": "Paris", "unit": "celsius"}'), ("open_door", "{}"))
+    replay = ReplayUpstream({question: [recorded]})
+    calls = recorded["choices"][0]["message"]["tool_calls"]
+    ask = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": question}], "tools": [DOOR]}
+    with running(replay.server) as up, running(proxy_server(f"http://127.0.0.1:{up.port}/v1",
+                                                             model_name="gpt-4o-mini")) as proxy:
+        answer = post(proxy.port, ask)
+        assert answer.status == 200, answer.body
+        assert checked_completion(answer.json())["choices"][0]["message"]["tool_calls"] == calls
+        chunks = checked_stream(relayed_stream(proxy.port, {**ask, "stream_options": {"include_usage": True}}), True)
+        assert len(chunks) > 10 and finish_reason(chunks) == "tool_calls"
+        assert assembled_tool_calls(chunks) == calls
+
+        with sdk(proxy.port).chat.completions.stream(**ask) as stream:
+            final = stream.get_final_completion()
+        choice = final.choices[0]
+        assert choice.finish_reason == "tool_calls"
+        assert [(c.id, c.type, c.function.name, c.function.arguments) for c in choice.message.tool_calls] == [
+            (c["id"], c["type"], c["function"]["name"], c["function"]["arguments"]) for c in calls]
 
 
 def sdk(port: int, **options) -> openai.OpenAI:
