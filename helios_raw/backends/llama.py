@@ -7,6 +7,11 @@ the vocabulary). A streamed answer is written token by token from the worker thr
 ``EventStream.send_threadsafe``, which blocks while the client reads slowly, so no token is ever
 dropped; the worker checks the request's ``Cancellation`` before every token.
 
+The context is kept from one request to the next: a prompt is evaluated only from where it
+differs from the tokens already there, and a prompt equal to them is sampled straight from the
+logits kept from their evaluation (no model work at all). The last token of an answer is never
+decoded, so the context holds exactly the tokens evaluated, and its logits remain those of the last.
+
 Sampling when the request leaves a value out: ``temperature`` and ``max_tokens`` from
 :class:`~helios_raw.config.LocalConfig`; ``top_k`` 40, ``top_p`` 0.95, ``min_p`` 0.05 (llama.cpp's
 usual chat defaults); ``repeat_penalty`` 1.0 (off), ``presence_penalty`` and
@@ -435,11 +440,11 @@ class LoadedModel:
             feed = text.feed
             clock = time.monotonic
             position = llama.n_tokens
+            # The last token sampled is never decoded (nothing would read its logits): the cache
+            # then ends with the last token decoded, and the context's logits are still its own.
             budget = job.max_new_tokens
             if budget <= 0:
                 outcome.finish_reason = "length"
-            # The last token sampled is never decoded (nothing would read its logits): the cache
-            # then ends with the last token decoded, and the context's logits are still its own.
             while budget > 0:
                 if cancel.is_set() or stopping.is_set():
                     outcome.cancelled = True
