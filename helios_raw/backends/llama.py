@@ -35,7 +35,6 @@ import logging
 import math
 import os
 import random
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -61,8 +60,6 @@ DEFAULT_TOP_K = 40
 DEFAULT_TOP_P = 0.95
 DEFAULT_MIN_P = 0.05
 DEFAULT_REPEAT_PENALTY = 1.0
-#: Seconds a thread may hold the GIL while another waits for it (Python's default is 0.005).
-GIL_SWITCH_INTERVAL = 0.0005
 #: Tokens the repetition penalties look back over (llama-cpp-python's ``last_n_tokens_size``).
 PENALTY_LAST_N = 64
 
@@ -152,9 +149,6 @@ class LlamaBackend(Backend):
         self.model_path = path
         if not self.config.model_name:
             self.model_id = path.stem
-        # The generation thread runs Python between tokens; with the default 5 ms GIL switch
-        # interval the event loop could wait that long to write a token a fast model produced.
-        sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL))
         self._loading = asyncio.ensure_future(self._scheduler.call(self._load, path))
         self._loading.add_done_callback(self._loaded)
 
