@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Callable, Iterable, Optional, Union
 
 from ..errors import bad_request
 from ..http.request import Cancellation
-from ..http.response import ClientGone
 from ..openai.schema import ChatRequest
 from .tools import Tool, tool
 
@@ -186,22 +185,9 @@ class Conversation:
         """Run ``step``'s tool calls at once and append the assistant message and the results.
 
         If ``cancel`` is set first, the async tools are cancelled (a sync tool's thread finishes
-        on its own, unheard) and :class:`ClientGone` is raised."""
+        on its own, unheard) and :class:`~helios_raw.http.response.ClientGone` is raised."""
         calls = [_with_id(c) for c in step.tool_calls]
-        work = asyncio.ensure_future(asyncio.gather(*(self._run(c) for c in calls)))
-        watcher = asyncio.ensure_future(cancel.wait())
-        try:
-            await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            work.cancel()
-            raise
-        finally:
-            watcher.cancel()
-        if not work.done():
-            work.cancel()
-            await asyncio.gather(work, return_exceptions=True)
-            raise ClientGone()
-        results = work.result()
+        results = await cancel.guard(asyncio.gather(*(self._run(c) for c in calls)))
         self.messages.append({"role": "assistant", "content": step.content or None, "tool_calls": calls})
         for call, result in zip(calls, results):
             self.messages.append({"role": "tool", "tool_call_id": call["id"], "content": result})

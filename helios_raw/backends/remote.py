@@ -30,10 +30,9 @@ Concurrent requests run in parallel over a pool of keep-alive connections (at mo
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl
-from typing import Awaitable, Optional, TypeVar
+from typing import Optional
 from urllib.parse import urlsplit
 
 import orjson
@@ -44,13 +43,11 @@ from ..http.client import (
     ClientResponse, ConnectTimeout, HTTPClient, HTTPClientError, ReadTimeout,
 )
 from ..http.request import Cancellation
-from ..http.response import ClientGone, EventStream
+from ..http.response import EventStream
 from ..openai.schema import ChatRequest
 from .base import Backend, BackendError, ChunkStream
 
 log = logging.getLogger("helios_raw.remote")
-
-T = TypeVar("T")
 
 #: Bytes of an upstream error body read to build the error we answer with.
 _ERROR_BODY_LIMIT = 64 * 1024
@@ -96,10 +93,10 @@ class RemoteBackend(Backend):
     # -- the contract ------------------------------------------------------------------------
 
     async def complete(self, request: ChatRequest, cancel: Cancellation) -> dict:
-        return await _unless_cancelled(self._complete(request), cancel)
+        return await cancel.guard(self._complete(request))
 
     async def open_stream(self, request: ChatRequest, cancel: Cancellation) -> ChunkStream:
-        response = await _unless_cancelled(self._send(request, stream=True), cancel)
+        response = await cancel.guard(self._send(request, stream=True))
         content_type = (response.header("content-type") or "text/event-stream").lower()
         if not content_type.startswith("text/event-stream"):
             response.close()
@@ -210,7 +207,7 @@ class RelayedStream(ChunkStream):
 
     async def run(self, events: EventStream) -> None:
         try:
-            await _unless_cancelled(self._relay(events), self.cancel)
+            await self.cancel.guard(self._relay(events))
         finally:
             self.response.close()
 
@@ -344,32 +341,6 @@ def _plain(exc: HTTPClientError) -> str:
     """Why an HTTP client error happened, without the upstream's address, as a clause."""
     reason = exc.reason.rstrip(".")
     return reason[:1].lower() + reason[1:]
-
-
-async def _unless_cancelled(work: Awaitable[T], cancel: Cancellation) -> T:
-    """Run ``work``; if ``cancel`` is set first, cancel it (closing whatever upstream connection it
-    holds) and raise :class:`ClientGone`."""
-    if cancel.is_set():
-        if asyncio.iscoroutine(work):
-            work.close()
-        raise ClientGone()
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(cancel.wait())
-    try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        task.cancel()
-        raise
-    finally:
-        watcher.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    try:
-        await task
-    except (asyncio.CancelledError, Exception):
-        pass
-    raise ClientGone()
 
 
 def _completions_url(base_url: str) -> str:

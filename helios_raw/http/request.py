@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Optional
+from typing import Any, Awaitable, Optional, TypeVar
 from urllib.parse import parse_qsl, unquote
 
 import orjson
 
 from ..errors import APIError
+from .response import ClientGone
+
+T = TypeVar("T")
 
 
 class Cancellation:
@@ -43,6 +46,28 @@ class Cancellation:
         if self._future is None:
             self._future = asyncio.get_running_loop().create_future()
         await asyncio.shield(self._future)
+
+    async def guard(self, work: Awaitable[T]) -> T:
+        """The result of ``work``; if this is set first, ``work`` is cancelled (releasing what it
+        holds, such as an upstream connection) and :class:`ClientGone` is raised."""
+        if self.is_set():
+            if asyncio.iscoroutine(work):
+                work.close()
+            raise ClientGone()
+        task = asyncio.ensure_future(work)
+        watcher = asyncio.ensure_future(self.wait())
+        try:
+            await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            watcher.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise ClientGone()
 
 
 class Request:

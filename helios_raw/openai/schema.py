@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
-from ..errors import APIError, bad_request
+from ..errors import bad_request
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 Number = (int, float)
