@@ -406,7 +406,7 @@ def chat_format_for(model_path: str) -> tuple:
     try:
         if vocab.metadata.get("tokenizer.chat_template"):
             return None, "the model's own chat template"
-        from helios_raw.backends.chat_formats import choose_chat_format
+        from helios_raw.backends.local.chat_formats import choose_chat_format
 
         def vocab_has(text: str) -> bool:
             return len(vocab.tokenize(text.encode(), add_bos=False, special=True)) == 1

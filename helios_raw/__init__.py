@@ -4,10 +4,25 @@ The public API, re-exported here, imports neither llama.cpp nor anything heavy.
 """
 
 from .agent import Agent, AgentBackend, Tool, tool
-from .config import Config, ConfigError, LocalConfig, RemoteConfig, ServerConfig, load_config
+from .config import (
+    Config,
+    ConfigError,
+    LocalConfig,
+    RemoteConfig,
+    ServerConfig,
+    load_config,
+)
 from .endpoints import (
-    CustomEndpoint, EndpointBuilder, EndpointRequest, EndpointResponse, delete, endpoints_from_toml, get, patch,
-    post, put,
+    CustomEndpoint,
+    EndpointBuilder,
+    EndpointRequest,
+    EndpointResponse,
+    delete,
+    endpoints_from_toml,
+    get,
+    patch,
+    post,
+    put,
 )
 from .errors import APIError
 from .http.limits import Limits

@@ -31,9 +31,10 @@ from typing import Any, Callable, Optional
 
 import orjson
 
+from .cancel import Cancellation
 from .config import ConfigError, read_toml
 from .errors import APIError
-from .http.request import Cancellation, Request
+from .http.request import Request
 from .http.response import JSONResponse, Response, StreamingResponse
 
 METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH")

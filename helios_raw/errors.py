@@ -58,3 +58,20 @@ def bad_request(message: str, param: Optional[str] = None, code: Optional[str] =
 def server_error(message: str = "The server had an error while processing your request.") -> APIError:
     """A 500 whose message reveals nothing of the server's internals."""
     return APIError(500, message, type="server_error", code="internal_error")
+
+
+def shutting_down() -> APIError:
+    """A 503: the server is stopping and takes no new work."""
+    return APIError(503, "The server is shutting down.", type="server_error", code="server_shutting_down")
+
+
+def model_loading() -> APIError:
+    """A 503 with ``Retry-After``: the model is not loaded yet."""
+    return APIError(503, "The model is still loading; try again in a moment.", type="server_error",
+                    code="model_loading", headers=[("retry-after", "1")])
+
+
+def model_unavailable() -> APIError:
+    """A 503: the model failed to load (or was closed) and will not serve."""
+    return APIError(503, "The model failed to load; see the server log.", type="server_error",
+                    code="model_unavailable")

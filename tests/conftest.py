@@ -36,15 +36,15 @@ def tiny_model_path(tmp_path_factory) -> pathlib.Path:
 def local_server(model_path, limits: Optional[Limits] = None, strict_models: bool = False,
                  **local: object) -> Iterator[ServerThread]:
     """A real server on 127.0.0.1:0 serving ``model_path`` (``local`` are LocalConfig fields;
-    the model id defaults to ``tiny``), ready when entered. ``.backend`` is the LlamaBackend."""
-    from helios_raw.backends.llama import LlamaBackend
+    the model id defaults to ``tiny``), ready when entered. ``.backend`` is the LocalBackend."""
+    from helios_raw.backends.local import LocalBackend
 
     config = Config()
     config.server.host, config.server.port, config.server.access_log = "127.0.0.1", 0, False
     if limits is not None:
         config.server.limits = limits
     local.setdefault("model_name", "tiny")
-    backend = LlamaBackend(LocalConfig(model_path=str(model_path), **local))
+    backend = LocalBackend(LocalConfig(model_path=str(model_path), **local))
     with running(Server(config, backend, strict_models=strict_models)) as thread:
         thread.call(backend.wait_ready(), 60)
         thread.backend = backend

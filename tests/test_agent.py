@@ -28,7 +28,7 @@ import pytest
 from helios_raw import Agent, Config, EndpointBuilder, RemoteConfig, ServerBuilder, Tool, get, tool
 from helios_raw.backends.remote import RemoteBackend
 from helios_raw.endpoints import EndpointRequest
-from helios_raw.http.response import EventStream, sse_response
+from helios_raw.http.sse import SSESink, sse_response
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 20.0
@@ -302,7 +302,7 @@ class ReplayUpstream:
             return response
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
-        async def produce(events: EventStream) -> None:
+        async def produce(events: SSESink) -> None:
             chunks = stream_of(response, include_usage)
             for i, chunk in enumerate(chunks):
                 if self.gate is not None and i == len(chunks) - (3 if include_usage else 2) \

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from helios_raw import EndpointBuilder, Limits, get, load_config
-from helios_raw.http.response import sse_response
+from helios_raw.http.sse import sse_response
 from tests.support.rawhttp import Client, build_server, running
 
 KEY = "sk-test-0123456789"

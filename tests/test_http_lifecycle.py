@@ -10,7 +10,7 @@ import time
 import pytest
 
 from helios_raw import EndpointBuilder, Server, ServerBuilder, get
-from helios_raw.http.response import sse_response
+from helios_raw.http.sse import sse_response
 from tests.support.rawhttp import Client, ConnectionClosed, build_server, running
 
 

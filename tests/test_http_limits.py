@@ -12,7 +12,7 @@ import time
 import pytest
 
 from helios_raw import EndpointBuilder, Limits, StreamingResponse, get
-from helios_raw.http.response import ClientGone
+from helios_raw.cancel import ClientGone
 from tests.support.rawhttp import Client, ConnectionClosed, build_server, running
 
 PIECE = 64 * 1024

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from helios_raw.backends.base import BackendError
-from helios_raw.backends.llama import LlamaBackend
+from helios_raw.backends.local import LocalBackend
 from helios_raw.config import LocalConfig
 from tests.conftest import (
     chat_body, completion_of, error_of, health, local_server, post_chat, text_of_completion, validate,
@@ -287,7 +287,7 @@ def test_loading_answers_503_and_health_says_so(tiny_model_path) -> None:
 
     config = Config()
     config.server.port, config.server.access_log = 0, False
-    backend = LlamaBackend(LocalConfig(model_path=str(tiny_model_path), model_name="tiny"))
+    backend = LocalBackend(LocalConfig(model_path=str(tiny_model_path), model_name="tiny"))
     # Occupy the model's worker thread first, so that the load queued behind it takes a while.
     release = threading.Event()
     hold = backend._scheduler._executor.submit(release.wait, 10)
@@ -307,8 +307,8 @@ def test_loading_answers_503_and_health_says_so(tiny_model_path) -> None:
 def test_unusable_model_files_fail_in_one_sentence(tmp_path, tiny_model_path) -> None:
     import asyncio
 
-    async def start(path) -> LlamaBackend:
-        backend = LlamaBackend(LocalConfig(model_path=str(path)))
+    async def start(path) -> LocalBackend:
+        backend = LocalBackend(LocalConfig(model_path=str(path)))
         try:
             await backend.start()
             await backend.wait_ready()
@@ -342,7 +342,7 @@ def test_unknown_chat_format_is_refused_at_load(tiny_model_path) -> None:
     import asyncio
 
     async def start() -> None:
-        backend = LlamaBackend(LocalConfig(model_path=str(tiny_model_path), chat_format="klingon"))
+        backend = LocalBackend(LocalConfig(model_path=str(tiny_model_path), chat_format="klingon"))
         try:
             await backend.start()
             await backend.wait_ready()

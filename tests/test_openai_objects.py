@@ -29,7 +29,7 @@ import pytest
 from helios_raw import Agent, Config, LocalConfig, RemoteConfig, ServerBuilder
 from helios_raw.backends.remote import RemoteBackend
 from helios_raw.http.limits import Limits
-from helios_raw.http.response import sse_frame
+from helios_raw.http.sse import sse_frame
 from tests.conftest import chat_body, error_of, post_chat, sse_events, stream_of, validate
 from tests.support.rawhttp import Answer, Client, build_server, get, running
 from tests.test_agent import (

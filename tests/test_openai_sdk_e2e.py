@@ -8,7 +8,7 @@ import openai
 import pytest
 
 from helios_raw import Config, LocalConfig, Server
-from helios_raw.backends.llama import LlamaBackend
+from helios_raw.backends.local import LocalBackend
 from tests.conftest import validate
 from tests.support.rawhttp import running
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 def client():
     config = Config()
     config.server.port, config.server.access_log = 0, False
-    backend = LlamaBackend(LocalConfig())  # no model_path: the embedded default
+    backend = LocalBackend(LocalConfig())  # no model_path: the embedded default
     with running(Server(config, backend)) as server:
         server.call(backend.wait_ready(), 120)
         yield openai.OpenAI(base_url=f"http://127.0.0.1:{server.port}/v1", api_key="unused", max_retries=0,

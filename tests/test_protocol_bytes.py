@@ -559,7 +559,7 @@ async def test_reading_pauses_while_pipelined_requests_pile_up():
 # -- streams cut short -----------------------------------------------------------------------------
 
 def _sse_app(produce, gate: Gate | None = None) -> App:
-    from helios_raw.http.response import sse_response
+    from helios_raw.http.sse import sse_response
 
     app = make_app(gate)
 

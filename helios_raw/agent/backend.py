@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Optional
 
 from ..backends.base import Backend, ChunkStream
+from ..cancel import Cancellation
 from ..config import Config
-from ..http.request import Cancellation
-from ..http.response import EventStream
 from ..openai.objects import ChunkFactory, assistant_message, completion
 from ..openai.schema import ChatRequest
+from ..sink import ChunkSink
 from .capture import StepCapture
 from .loop import Agent, Conversation, step_from_completion
 
@@ -92,25 +92,25 @@ class AgentStream(ChunkStream):
         self.conversation = conversation
         self.cancel = cancel
 
-    async def run(self, events: EventStream) -> None:
+    async def run(self, sink: ChunkSink) -> None:
         conversation = self.conversation
         chunks = ChunkFactory(self.backend.model_id)
-        events.send(chunks.role())
+        sink.send(chunks.role())
         while True:
-            capture = StepCapture(events, chunks)
+            capture = StepCapture(sink, chunks)
             stream = await self.backend.inner.open_stream(conversation.next_request(stream=True), self.cancel)
-            await stream.run(EventStream(capture))
+            await stream.run(capture)
             step = capture.step()
             ending = conversation.record(step)
             if ending is not None:
                 break
             await conversation.run_tools(step, self.cancel)
         if ending.note:
-            events.send(chunks.content(ending.note))
+            sink.send(chunks.content(ending.note))
         if ending.client_calls:
-            events.send(chunks.chunk({"tool_calls": [{"index": i, **call} for i, call in enumerate(ending.client_calls)]}))
-        events.send(chunks.finish(ending.finish_reason))
+            sink.send(chunks.chunk({"tool_calls": [{"index": i, **call} for i, call in enumerate(ending.client_calls)]}))
+        sink.send(chunks.finish(ending.finish_reason))
         if conversation.request.include_usage:
-            events.send(chunks.usage(conversation.usage))
-        await events.drain()
+            sink.send(chunks.usage(conversation.usage))
+        await sink.drain()
 

@@ -1,10 +1,10 @@
 """Reading one model call's stream inside an agent's streamed answer.
 
 An inner backend streams into a :class:`StepCapture` as it would into a client's connection (it
-is a :class:`~helios_raw.http.response.ResponseWriter`). The capture parses the SSE frames as
-they come, forwards each piece of text to the client at once (re-labelled as the agent's chunks),
-collects tool-call deltas, the finish reason and usage, and passes the client's backpressure and
-departure back to the inner backend through :meth:`drain` and :attr:`closed`.
+is a :class:`~helios_raw.sink.ChunkSink`). The capture reads each chunk as it comes, forwards each
+piece of text to the client at once (re-labelled as the agent's chunks), collects tool-call
+deltas, the finish reason and usage, and passes the client's backpressure and departure back to
+the inner backend through :meth:`drain` and :attr:`closed`.
 """
 
 from __future__ import annotations
@@ -15,37 +15,43 @@ from typing import Callable, Optional
 import orjson
 
 from ..errors import APIError
-from ..http.response import EventStream, ResponseWriter
 from ..openai.objects import ChunkFactory
+from ..sink import ChunkSink
 from .loop import Step
 
 
-class StepCapture(ResponseWriter):
-    """Collects one model call's streamed answer, forwarding its text through ``client``."""
+class StepCapture(ChunkSink):
+    """Collects one model call's streamed answer, forwarding its text to ``client``."""
 
-    def __init__(self, client: EventStream, chunks: ChunkFactory) -> None:
+    def __init__(self, client: ChunkSink, chunks: ChunkFactory) -> None:
         self.client = client
         self.chunks = chunks
         self._lock = threading.Lock()
-        self._pending = b""
-        self._data: list[bytes] = []
         self._text: list[str] = []
         self._calls: dict[int, dict] = {}
         self._finish_reason: Optional[str] = None
         self._usage: Optional[dict] = None
         self._error: Optional[dict] = None
 
-    # -- ResponseWriter ---------------------------------------------------------------------
+    # -- ChunkSink --------------------------------------------------------------------------
 
     @property
-    def closed(self) -> bool:  # type: ignore[override]
+    def closed(self) -> bool:
         return self.client.closed
 
-    def write(self, data: bytes) -> None:
-        self._feed(data, self.client.send)
+    def send(self, chunk: dict) -> None:
+        self._read(chunk, self.client.send)
 
-    def write_threadsafe(self, data: bytes) -> None:
-        self._feed(data, self.client.send_threadsafe)
+    def send_json(self, data: bytes) -> None:
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            self._error = {"message": "The model's stream sent a chunk that is not JSON."}
+            return
+        self._read(chunk, self.client.send)
+
+    def send_threadsafe(self, chunk: dict) -> None:
+        self._read(chunk, self.client.send_threadsafe)
 
     async def drain(self) -> None:
         await self.client.drain()
@@ -62,48 +68,30 @@ class StepCapture(ResponseWriter):
         calls = [self._calls[i] for i in sorted(self._calls)]
         return Step("".join(self._text), calls, self._finish_reason or "stop", self._usage)
 
-    # -- parsing ----------------------------------------------------------------------------
+    # -- reading ----------------------------------------------------------------------------
 
-    def _feed(self, data: bytes, send: Callable[[dict], None]) -> None:
+    def _read(self, chunk: dict, forward: Callable[[dict], None]) -> None:
+        if not isinstance(chunk, dict):
+            return
         with self._lock:
-            self._pending += data
-            *lines, self._pending = self._pending.split(b"\n")
-            for line in lines:
-                line = line.rstrip(b"\r")
-                if not line:
-                    self._dispatch(send)
-                elif line.startswith(b"data:"):
-                    self._data.append(line[6:] if line[5:6] == b" " else line[5:])
-
-    def _dispatch(self, send: Callable[[dict], None]) -> None:
-        payload, self._data = b"\n".join(self._data), []
-        if not payload or payload == b"[DONE]":
-            return
-        try:
-            event = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            self._error = {"message": "The model's stream sent a frame that is not JSON."}
-            return
-        if not isinstance(event, dict):
-            return
-        if "error" in event:
-            error = event["error"]
-            self._error = error if isinstance(error, dict) else {"message": str(error)}
-            return
-        if isinstance(event.get("usage"), dict):
-            self._usage = event["usage"]
-        for choice in event.get("choices") or []:
-            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta") or {}
-            text = delta.get("content")
-            if isinstance(text, str) and text:
-                self._text.append(text)
-                send(self.chunks.content(text))
-            for piece in delta.get("tool_calls") or []:
-                self._add_call_delta(piece)
-            if choice.get("finish_reason"):
-                self._finish_reason = choice["finish_reason"]
+            if "error" in chunk:
+                error = chunk["error"]
+                self._error = error if isinstance(error, dict) else {"message": str(error)}
+                return
+            if isinstance(chunk.get("usage"), dict):
+                self._usage = chunk["usage"]
+            for choice in chunk.get("choices") or []:
+                if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                    continue
+                delta = choice.get("delta") or {}
+                text = delta.get("content")
+                if isinstance(text, str) and text:
+                    self._text.append(text)
+                    forward(self.chunks.content(text))
+                for piece in delta.get("tool_calls") or []:
+                    self._add_call_delta(piece)
+                if choice.get("finish_reason"):
+                    self._finish_reason = choice["finish_reason"]
 
     def _add_call_delta(self, piece: dict) -> None:
         if not isinstance(piece, dict):

@@ -26,12 +26,13 @@ still running are cancelled and no further model call is made.
 from __future__ import annotations
 
 import asyncio
-import os
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Iterable, Optional, Union
 
+from ..cancel import Cancellation
 from ..errors import bad_request
-from ..http.request import Cancellation
+from ..ids import new_id
+from ..openai.objects import TOOL_CALL_ID_PREFIX
 from ..openai.schema import ChatRequest
 from .tools import Tool, tool
 
@@ -214,7 +215,7 @@ def _with_id(call: dict) -> dict:
     """``call`` in the OpenAI shape, with an id (some upstreams omit it)."""
     function = call.get("function") or {}
     return {
-        "id": call.get("id") or "call_" + os.urandom(12).hex(),
+        "id": call.get("id") or new_id(TOOL_CALL_ID_PREFIX),
         "type": "function",
         "function": {"name": function.get("name", ""), "arguments": function.get("arguments") or ""},
     }

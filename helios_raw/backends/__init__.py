@@ -20,9 +20,9 @@ def create_backend(config: Config, kind: Optional[str] = None) -> Backend:
 
         return RemoteBackend(config.llm or RemoteConfig())
     from ..config import LocalConfig
-    from .llama import LlamaBackend
+    from .local import LocalBackend
 
-    return LlamaBackend(config.local or LocalConfig())
+    return LocalBackend(config.local or LocalConfig())
 
 
 __all__ = ["Backend", "BackendError", "ChunkStream", "create_backend"]

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import abc
 import time
-from ..http.request import Cancellation
-from ..http.response import EventStream
+
+from ..cancel import Cancellation
 from ..openai.schema import ChatRequest
+from ..sink import ChunkSink
 
 
 class ChunkStream(abc.ABC):
     """A stream of ``chat.completion.chunk`` objects, accepted but not yet started."""
 
     @abc.abstractmethod
-    async def run(self, events: EventStream) -> None:
-        """Send every chunk through ``events``: the first (with ``delta.role``) at once, content
+    async def run(self, sink: ChunkSink) -> None:
+        """Send every chunk to ``sink``: the first (with ``delta.role``) at once, content
         as it is generated, one chunk with ``finish_reason``, and, if the request asked for
         ``include_usage``, a usage chunk. The caller writes ``[DONE]``. Stop promptly once
         ``cancel`` (given to :meth:`Backend.open_stream`) is set."""

@@ -37,14 +37,18 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from ..cancel import Cancellation
 from ..config import RemoteConfig
 from ..errors import APIError
 from ..http.client import (
-    ClientResponse, ConnectTimeout, HTTPClient, HTTPClientError, ReadTimeout,
+    ClientResponse,
+    ConnectTimeout,
+    HTTPClient,
+    HTTPClientError,
+    ReadTimeout,
 )
-from ..http.request import Cancellation
-from ..http.response import EventStream
 from ..openai.schema import ChatRequest
+from ..sink import ChunkSink
 from .base import Backend, BackendError, ChunkStream
 
 log = logging.getLogger("helios_raw.remote")
@@ -102,7 +106,7 @@ class RemoteBackend(Backend):
             response.close()
             raise self._bad_gateway(f"The upstream answered a streamed request with {content_type!r}, "
                                     "not an event stream.")
-        return RelayedStream(response, cancel, self)
+        return RemoteStream(response, cancel, self)
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -197,7 +201,7 @@ class RemoteBackend(Backend):
         return APIError(502, message, type="server_error", code="bad_gateway")
 
 
-class RelayedStream(ChunkStream):
+class RemoteStream(ChunkStream):
     """An upstream event stream whose head has arrived; :meth:`run` relays its events."""
 
     def __init__(self, response: ClientResponse, cancel: Cancellation, backend: RemoteBackend) -> None:
@@ -205,30 +209,24 @@ class RelayedStream(ChunkStream):
         self.cancel = cancel
         self.backend = backend
 
-    async def run(self, events: EventStream) -> None:
+    async def run(self, sink: ChunkSink) -> None:
         try:
-            await self.cancel.guard(self._relay(events))
+            await self.cancel.guard(self._relay(sink))
         finally:
             self.response.close()
 
-    async def _relay(self, events: EventStream) -> None:
+    async def _relay(self, sink: ChunkSink) -> None:
         decoder = SSEDecoder(_MAX_EVENT_BYTES)
-        writer = events.writer
         try:
             async for piece in self.response.iter_bytes():
-                out = []
                 for name, data in decoder.feed(piece):
                     if data == b"[DONE]":
-                        if out:
-                            writer.write(b"".join(out))
                         await self._finish_body()
                         return
                     if name == "error" or b'"error"' in data:
                         _raise_if_error(name, data)
-                    out.append(b"data: " + data + b"\n\n")
-                if out:
-                    writer.write(b"".join(out))
-                    await events.drain()
+                    sink.send_json(data)
+                await sink.drain()
         except HTTPClientError as exc:
             raise self.backend._transport_error(exc) from None
         except MalformedStream as exc:

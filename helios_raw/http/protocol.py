@@ -34,10 +34,11 @@ from typing import TYPE_CHECKING, Optional
 
 import h11
 
-from ..errors import APIError, server_error
+from ..cancel import ClientGone
+from ..errors import APIError, server_error, shutting_down
 from .limits import Limits
 from .request import Request
-from .response import ClientGone, Response, ResponseWriter, StreamingResponse, error_response
+from .response import Response, ResponseWriter, StreamingResponse, error_response
 from .tcp import disable_nagle
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -518,12 +519,10 @@ class HTTPProtocol(asyncio.Protocol):
             return
         if not cycle.aborting:
             raise asyncio.CancelledError
-        shutting_down = APIError(503, "The server is shutting down.", type="server_error",
-                                 code="server_shutting_down")
         if cycle.response_started:
-            self._end_aborted_stream(cycle, shutting_down)
+            self._end_aborted_stream(cycle, shutting_down())
         else:
-            self._respond(error_response(shutting_down))
+            self._respond(error_response(shutting_down()))
 
     def _end_aborted_stream(self, cycle: _Cycle, error: APIError) -> None:
         """End a stream cut short with its error frames and a proper end of body, then close."""

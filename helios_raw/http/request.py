@@ -2,72 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any, Awaitable, Optional, TypeVar
+from typing import Any, Optional
 from urllib.parse import parse_qsl, unquote
 
 import orjson
 
+from ..cancel import Cancellation
 from ..errors import APIError
-from .response import ClientGone
-
-T = TypeVar("T")
-
-
-class Cancellation:
-    """Set once, when the answer to a request is no longer wanted.
-
-    That happens when the client goes away (EOF or a broken connection) or when a graceful shutdown
-    reaches its deadline. Worker threads poll :meth:`is_set` (a plain flag: reading it is safe from
-    any thread); coroutines ``await wait()``. :meth:`set` must be called on the event loop's thread.
-    """
-
-    __slots__ = ("_set", "_future", "reason")
-
-    def __init__(self) -> None:
-        self._set = False
-        self._future: Optional[asyncio.Future] = None
-        self.reason = ""
-
-    def is_set(self) -> bool:
-        return self._set
-
-    def set(self, reason: str = "client disconnected") -> None:
-        if self._set:
-            return
-        self.reason = reason
-        self._set = True
-        if self._future is not None and not self._future.done():
-            self._future.set_result(None)
-
-    async def wait(self) -> None:
-        if self._set:
-            return
-        if self._future is None:
-            self._future = asyncio.get_running_loop().create_future()
-        await asyncio.shield(self._future)
-
-    async def guard(self, work: Awaitable[T]) -> T:
-        """The result of ``work``; if this is set first, ``work`` is cancelled (releasing what it
-        holds, such as an upstream connection) and :class:`ClientGone` is raised."""
-        if self.is_set():
-            if asyncio.iscoroutine(work):
-                work.close()
-            raise ClientGone()
-        task = asyncio.ensure_future(work)
-        watcher = asyncio.ensure_future(self.wait())
-        try:
-            await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            task.cancel()
-            raise
-        finally:
-            watcher.cancel()
-        if task.done():
-            return task.result()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        raise ClientGone()
 
 
 class Request:

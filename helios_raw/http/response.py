@@ -1,4 +1,4 @@
-"""Responses: fixed bodies, JSON, and streams (Server-Sent Events included).
+"""Responses: fixed bodies, JSON, and bodies written in pieces.
 
 A handler returns a :class:`Response` (the whole body at once) or a :class:`StreamingResponse`,
 whose ``producer`` is given a :class:`ResponseWriter` by the protocol and writes the body in pieces.
@@ -46,10 +46,6 @@ class JSONResponse(Response):
 def error_response(error: APIError) -> Response:
     """The OpenAI error object of ``error``, with its status and extra headers."""
     return Response(error.to_json(), error.status, error.headers, "application/json")
-
-
-class ClientGone(Exception):
-    """Raised by a writer when the client has gone away; the producer should just stop."""
 
 
 class ResponseWriter:
@@ -102,60 +98,3 @@ class StreamingResponse:
 
 
 AnyResponse = Union[Response, StreamingResponse]
-
-SSE_DONE = b"data: [DONE]\n\n"
-
-
-def sse_frame(obj: Any) -> bytes:
-    """One Server-Sent Event carrying ``obj`` as JSON."""
-    return b"data: " + orjson.dumps(obj) + b"\n\n"
-
-
-def sse_error_frames(error: APIError) -> bytes:
-    """An error event followed by ``[DONE]``: how a stream reports failure."""
-    return sse_frame(error.to_dict()) + SSE_DONE
-
-
-class EventStream:
-    """Writes Server-Sent Events (``data: <json>``) through a :class:`ResponseWriter`."""
-
-    __slots__ = ("writer",)
-
-    def __init__(self, writer: ResponseWriter) -> None:
-        self.writer = writer
-
-    @property
-    def closed(self) -> bool:
-        return self.writer.closed
-
-    def send(self, obj: Any) -> None:
-        """Write one event now (event-loop thread)."""
-        self.writer.write(sse_frame(obj))
-
-    def send_threadsafe(self, obj: Any) -> None:
-        """Write one event from a worker thread, in order, blocking while the client is slow."""
-        self.writer.write_threadsafe(sse_frame(obj))
-
-    async def drain(self) -> None:
-        await self.writer.drain()
-
-    def error(self, error: APIError) -> None:
-        """Report ``error`` in the stream and end it with ``[DONE]``."""
-        self.writer.write(sse_error_frames(error))
-
-    def done(self) -> None:
-        self.writer.write(SSE_DONE)
-
-
-def sse_response(producer: Callable[[EventStream], Awaitable[None]], headers: Optional[Headers] = None) -> StreamingResponse:
-    """A ``text/event-stream`` response; cut short, it ends with an error event and ``[DONE]``."""
-
-    async def run(writer: ResponseWriter) -> None:
-        await producer(EventStream(writer))
-
-    return StreamingResponse(
-        run,
-        headers=[("cache-control", "no-cache"), ("x-accel-buffering", "no")] + (headers or []),
-        content_type="text/event-stream",
-        error_frames=sse_error_frames,
-    )

@@ -6,9 +6,11 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Optional
 
+from ..cancel import ClientGone
 from ..errors import APIError, server_error
 from ..http.request import Request
-from ..http.response import ClientGone, EventStream, JSONResponse, Response, sse_response
+from ..http.response import JSONResponse, Response
+from ..http.sse import SSESink, sse_response
 from .objects import model_object
 from .schema import parse_chat_request
 
@@ -53,19 +55,19 @@ class OpenAIRoutes:
             return JSONResponse(await self.backend.complete(chat, request.cancelled))
         stream = await self.backend.open_stream(chat, request.cancelled)
 
-        async def produce(events: EventStream) -> None:
+        async def produce(sink: SSESink) -> None:
             try:
-                await stream.run(events)
+                await stream.run(sink)
             except (ClientGone, asyncio.CancelledError):
                 raise
             except APIError as exc:
-                events.error(exc)
+                sink.error(exc)
                 return
             except Exception:
                 log.exception("stream for %s failed", request.path)
-                events.error(server_error())
+                sink.error(server_error())
                 return
-            events.done()
+            sink.done()
 
         return sse_response(produce)
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Optional
 
+from ..ids import new_id
 
-def new_id(prefix: str = "chatcmpl-") -> str:
-    """A fresh id such as ``chatcmpl-3f2a...`` (24 hex digits)."""
-    return prefix + os.urandom(12).hex()
+COMPLETION_ID_PREFIX = "chatcmpl-"
+TOOL_CALL_ID_PREFIX = "call_"
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
@@ -33,7 +32,7 @@ def completion(
 ) -> dict:
     """A ``chat.completion`` object with one choice."""
     result = {
-        "id": id or new_id(),
+        "id": id or new_id(COMPLETION_ID_PREFIX),
         "object": "chat.completion",
         "created": created or int(time.time()),
         "model": model,
@@ -58,7 +57,7 @@ class ChunkFactory:
     __slots__ = ("id", "created", "model", "fingerprint")
 
     def __init__(self, model: str, fingerprint: Optional[str] = None, id: Optional[str] = None) -> None:
-        self.id = id or new_id()
+        self.id = id or new_id(COMPLETION_ID_PREFIX)
         self.created = int(time.time())
         self.model = model
         self.fingerprint = fingerprint

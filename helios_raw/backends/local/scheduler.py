@@ -20,8 +20,8 @@ import time
 from collections import deque
 from typing import Any, Callable, Optional
 
-from ..errors import APIError
-from ..http.request import Cancellation
+from ...cancel import Cancellation, ClientGone
+from ...errors import APIError, shutting_down
 
 
 class Ticket:
@@ -68,7 +68,7 @@ class Scheduler:
         """A place at the end of the line. Raises a 429 when ``max_queue`` requests already wait
         (a request that can start at once never waits), a 503 once the scheduler is closed."""
         if self._closed:
-            raise _shutting_down()
+            raise shutting_down()
         self._drop_cancelled()
         if (self._running is not None or self._line) and len(self._line) >= self.max_queue:
             retry = max(1, min(60, round(self._average_seconds * (len(self._line) + 1))))
@@ -127,7 +127,7 @@ class Scheduler:
         while self._line:
             ticket = self._line.popleft()
             if ticket._waiter is not None and not ticket._waiter.done():
-                ticket._waiter.set_exception(_shutting_down())
+                ticket._waiter.set_exception(shutting_down())
         if release is not None:
             await asyncio.wrap_future(self._executor.submit(release))
         await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
@@ -138,15 +138,11 @@ class Scheduler:
         self._advance()
         if ticket.granted:
             return
-        loop = asyncio.get_running_loop()
-        ticket._waiter = loop.create_future()
-        cancelled = asyncio.ensure_future(ticket.cancel.wait())
+        ticket._waiter = asyncio.get_running_loop().create_future()
         try:
-            await asyncio.wait((ticket._waiter, cancelled), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            cancelled.cancel()
-        if ticket._waiter.done() and ticket._waiter.exception() is not None:
-            raise ticket._waiter.exception()
+            await ticket.cancel.guard(asyncio.shield(ticket._waiter))
+        except ClientGone:
+            pass
         if not ticket.granted:
             raise APIError(503, "The request was cancelled while it waited for the model.",
                            type="server_error", code="request_cancelled")
@@ -175,7 +171,3 @@ class Scheduler:
                 self._line.remove(t)
                 if t._waiter is not None and not t._waiter.done():
                     t._waiter.set_result(None)
-
-
-def _shutting_down() -> APIError:
-    return APIError(503, "The server is shutting down.", type="server_error", code="server_shutting_down")

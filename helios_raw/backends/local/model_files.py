@@ -22,8 +22,8 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from ..config import LocalConfig
-from .base import BackendError
+from ...config import LocalConfig
+from ..base import BackendError
 
 GGUF_MAGIC = b"GGUF"
 #: The smallest possible GGUF header: magic, version, tensor count and metadata count.

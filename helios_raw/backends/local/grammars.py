@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
-from ..errors import APIError, bad_request
+from ...errors import APIError, bad_request
 
 #: Keywords whose constraint a grammar built by the converter would silently not enforce.
 UNENFORCEABLE_KEYWORDS = frozenset({

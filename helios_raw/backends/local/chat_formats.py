@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable, Optional
@@ -30,9 +29,11 @@ import jinja2
 import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from ..errors import bad_request
-from ..openai.schema import text_of
-from .base import BackendError
+from ...errors import bad_request
+from ...ids import new_id
+from ...openai.objects import TOOL_CALL_ID_PREFIX
+from ...openai.schema import text_of
+from ..base import BackendError
 
 log = logging.getLogger("helios_raw.local")
 
@@ -278,10 +279,6 @@ def could_be_tool_call(text: str) -> bool:
         TOOL_CALL_OPEN.startswith(stripped)
 
 
-def new_tool_call_id() -> str:
-    return "call_" + os.urandom(12).hex()
-
-
 # -- helpers -------------------------------------------------------------------------------------
 
 
@@ -349,7 +346,7 @@ def _one_tool_call(body: str, names: set[str]) -> Optional[dict]:
     if not isinstance(arguments, dict):
         return None
     return {
-        "id": new_tool_call_id(),
+        "id": new_id(TOOL_CALL_ID_PREFIX),
         "type": "function",
         "function": {"name": data["name"], "arguments": json.dumps(arguments, ensure_ascii=False)},
     }

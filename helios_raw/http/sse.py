@@ -1,0 +1,74 @@
+"""Server-Sent Events: the ``text/event-stream`` body a streamed answer is written as.
+
+Each chunk is one event, ``data: <json>\\n\\n``; a stream ends with ``data: [DONE]``, and one cut
+short by an error ends with an error event before it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable, Optional
+
+import orjson
+
+from ..errors import APIError
+from ..sink import ChunkSink
+from .response import Headers, ResponseWriter, StreamingResponse
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+def sse_frame(obj: Any) -> bytes:
+    """One Server-Sent Event carrying ``obj`` as JSON."""
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def sse_error_frames(error: APIError) -> bytes:
+    """An error event followed by ``[DONE]``: how a stream reports failure."""
+    return sse_frame(error.to_dict()) + SSE_DONE
+
+
+class SSESink(ChunkSink):
+    """A :class:`~helios_raw.sink.ChunkSink` writing each chunk as one event through a
+    :class:`~helios_raw.http.response.ResponseWriter`."""
+
+    __slots__ = ("writer",)
+
+    def __init__(self, writer: ResponseWriter) -> None:
+        self.writer = writer
+
+    @property
+    def closed(self) -> bool:
+        return self.writer.closed
+
+    def send(self, chunk: Any) -> None:
+        self.writer.write(sse_frame(chunk))
+
+    def send_json(self, data: bytes) -> None:
+        self.writer.write(b"data: " + data + b"\n\n")
+
+    def send_threadsafe(self, chunk: Any) -> None:
+        self.writer.write_threadsafe(sse_frame(chunk))
+
+    async def drain(self) -> None:
+        await self.writer.drain()
+
+    def error(self, error: APIError) -> None:
+        """Report ``error`` in the stream and end it with ``[DONE]``."""
+        self.writer.write(sse_error_frames(error))
+
+    def done(self) -> None:
+        self.writer.write(SSE_DONE)
+
+
+def sse_response(producer: Callable[[SSESink], Awaitable[None]], headers: Optional[Headers] = None) -> StreamingResponse:
+    """A ``text/event-stream`` response; cut short, it ends with an error event and ``[DONE]``."""
+
+    async def run(writer: ResponseWriter) -> None:
+        await producer(SSESink(writer))
+
+    return StreamingResponse(
+        run,
+        headers=[("cache-control", "no-cache"), ("x-accel-buffering", "no")] + (headers or []),
+        content_type="text/event-stream",
+        error_frames=sse_error_frames,
+    )
