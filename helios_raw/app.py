@@ -8,18 +8,23 @@ route lookup (404 / 405), the route's handler.
 from __future__ import annotations
 
 import hmac
+import inspect
 import logging
-from typing import Iterable, Optional
+from typing import Awaitable, Callable, Iterable, Optional
 
 from .errors import APIError
 from .http.request import Request
 from .http.response import Response
 from .http.router import Route, Router
 
+#: Turns an error into the response a client of some API expects (``error_response`` by default).
+ErrorRenderer = Callable[[APIError], Response]
+
 access_log = logging.getLogger("helios_raw.access")
 error_log = logging.getLogger("helios_raw.error")
 
-_ALLOWED_HEADERS = b"authorization, content-type, accept, openai-organization, openai-project, x-stainless-*"
+_ALLOWED_HEADERS = (b"authorization, x-api-key, content-type, accept, anthropic-version, anthropic-beta, "
+                    b"openai-organization, openai-project, x-stainless-*")
 _ALLOW_ANY = [(b"access-control-allow-origin", b"*")]
 _PUBLIC_PATHS = frozenset({"/health"})
 _ACCESS_FORMAT = '%s - "%s %s HTTP/%s" %d %d %.1fms'
@@ -38,6 +43,7 @@ class App:
         self.cors_any = "*" in origins
         self.cors_origins = {o.rstrip("/").encode("latin-1") for o in origins if o != "*"}
         self.access_log_enabled = access_log_enabled
+        self._renderers: list[tuple[str, ErrorRenderer]] = []
 
     # -- routes ------------------------------------------------------------------------------
 
@@ -49,16 +55,38 @@ class App:
     def routes(self) -> list[Route]:
         return self.router.routes
 
+    def render_errors(self, path_prefix: str, renderer: ErrorRenderer) -> None:
+        """Answer every error of a request under ``path_prefix`` (key, routing or handler errors,
+        until its response starts) with ``renderer``: an API whose clients expect another error
+        shape than OpenAI's registers one."""
+        self._renderers.append((path_prefix, renderer))
+
     # -- the protocol's interface ------------------------------------------------------------
 
     def handle(self, request: Request):
         if request.method == "OPTIONS":
             return self._preflight(request)
+        renderer = self._renderer_for(request.path) if self._renderers else None
+        if renderer is None:
+            return self._route(request)
+        try:
+            result = self._route(request)
+        except APIError as exc:
+            return renderer(exc)
+        return _rendered(result, renderer) if inspect.isawaitable(result) else result
+
+    def _route(self, request: Request):
         if self.api_key is not None and request.path not in _PUBLIC_PATHS:
             self._check_key(request)
         route, params = self.router.match(request.method, request.path)
         request.params = params
         return route.handler(request)
+
+    def _renderer_for(self, path: str) -> Optional[ErrorRenderer]:
+        for prefix, renderer in self._renderers:
+            if path.startswith(prefix):
+                return renderer
+        return None
 
     def response_headers(self, request: Optional[Request]) -> list:
         """CORS headers for every response, errors and streams included."""
@@ -105,13 +133,23 @@ class App:
                 if scheme.lower() == b"bearer":
                     given = token.strip()
                 break
+            if name == b"x-api-key":  # what Anthropic's clients send
+                given = value.strip()
+                break
         if not hmac.compare_digest(given, self.api_key):
             raise APIError(
                 401,
-                "Incorrect or missing API key; send it as 'Authorization: Bearer <key>'.",
+                "Incorrect or missing API key; send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'.",
                 code="invalid_api_key",
                 headers=[("www-authenticate", "Bearer")],
             )
+
+
+async def _rendered(result: Awaitable, renderer: ErrorRenderer):
+    try:
+        return await result
+    except APIError as exc:
+        return renderer(exc)
 
 
 def _origin(request: Optional[Request]) -> Optional[bytes]:

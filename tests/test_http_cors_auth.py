@@ -119,6 +119,12 @@ def test_right_key_is_accepted(keyed, authorization):
     assert _ask(keyed.port, headers=[("Authorization", authorization)]).json() == {"data": 1}
 
 
+def test_the_key_is_also_accepted_as_x_api_key(keyed):
+    """Anthropic's clients send the key as ``x-api-key``."""
+    assert _ask(keyed.port, headers=[("x-api-key", KEY)]).json() == {"data": 1}
+    assert _ask(keyed.port, headers=[("x-api-key", KEY + "x")]).status == 401
+
+
 def test_health_is_open_with_a_key_set(keyed):
     assert _ask(keyed.port, target="/health").json() == {"status": "ok"}
 
