@@ -23,7 +23,16 @@ from datetime import datetime
 from typing import Literal, Optional
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from helios_raw import Agent, Config, ConfigError, LocalConfig, RemoteConfig, Server, ServerBuilder, tool
+from helios_raw import (
+    Agent,
+    Config,
+    ConfigError,
+    LocalConfig,
+    RemoteConfig,
+    Server,
+    ServerBuilder,
+    tool,
+)
 from helios_raw.backends import BackendError
 
 # A stand-in for a weather service.
@@ -82,7 +91,7 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--bind", default="127.0.0.1:8000", help="HOST:PORT to listen on")
     args = parser.parse_args(argv)
     if args.base_url:
-        config = Config(llm=RemoteConfig(model_name=args.remote_model, base_url=args.base_url,
+        config = Config(remote=RemoteConfig(model_name=args.remote_model, base_url=args.base_url,
                                          api_key=os.environ.get("OPENAI_API_KEY")))
     else:
         config = Config(local=LocalConfig(model_path=args.model, max_tokens=512))

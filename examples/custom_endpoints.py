@@ -19,10 +19,18 @@ from pathlib import Path
 from typing import Optional
 
 from helios_raw import (
-    Config, ConfigError, EndpointBuilder, EndpointRequest, EndpointResponse, LocalConfig, Server, ServerBuilder,
-    endpoints_from_toml, get,
+    Config,
+    ConfigError,
+    EndpointBuilder,
+    EndpointRequest,
+    EndpointResponse,
+    LocalConfig,
+    Server,
+    ServerBuilder,
+    endpoints_from_toml,
+    get,
 )
-from helios_raw.backends import BackendError, create_backend
+from helios_raw.backends import BackendError
 
 STATIC_ENDPOINTS = Path(__file__).with_name("custom_endpoints.toml")
 STARTED = time.time()
@@ -57,7 +65,7 @@ def build_server(address: str = "127.0.0.1:8000", model_path: Optional[str] = No
     if model_path is None:
         return ServerBuilder().address(address).endpoints(endpoints()).build()
     config = Config(local=LocalConfig(model_path=model_path))
-    return ServerBuilder(config).address(address).backend(create_backend(config)).endpoints(endpoints()).build()
+    return ServerBuilder(config).address(address).endpoints(endpoints()).build()
 
 
 def main(argv: Optional[list] = None) -> int:

@@ -17,17 +17,15 @@ from typing import Optional
 
 from helios_raw import Config, ConfigError, RemoteConfig, Server, ServerBuilder
 from helios_raw.backends import BackendError
-from helios_raw.backends.remote import RemoteBackend
 
 
 def build_server(base_url: str = "https://api.openai.com/v1", model_name: str = "gpt-4o-mini",
                  upstream_key: Optional[str] = None, address: str = "127.0.0.1:8000",
                  require_key: Optional[str] = None) -> Server:
     """A server on ``address`` that answers as ``model_name`` by asking ``base_url``."""
-    config = Config(llm=RemoteConfig(model_name=model_name, base_url=base_url, api_key=upstream_key,
+    config = Config(remote=RemoteConfig(model_name=model_name, base_url=base_url, api_key=upstream_key,
                                      read_timeout=300.0))
-    return (ServerBuilder(config).address(address).api_key(require_key)
-            .backend(RemoteBackend(config.llm)).build())
+    return ServerBuilder(config).address(address).api_key(require_key).build()
 
 
 def main(argv: Optional[list] = None) -> int:

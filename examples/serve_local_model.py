@@ -18,14 +18,14 @@ import sys
 from typing import Optional
 
 from helios_raw import Config, ConfigError, LocalConfig, Server, ServerBuilder
-from helios_raw.backends import BackendError, create_backend
+from helios_raw.backends import BackendError
 
 
 def build_server(model_path: Optional[str] = None, address: str = "127.0.0.1:8000",
                  model_name: Optional[str] = None, max_tokens: int = 512) -> Server:
     """A server for the model at ``model_path`` (None: the default model) on ``address``."""
     config = Config(local=LocalConfig(model_path=model_path, model_name=model_name, max_tokens=max_tokens))
-    return ServerBuilder(config).address(address).backend(create_backend(config)).build()
+    return ServerBuilder(config).address(address).build()
 
 
 def main(argv: Optional[list] = None) -> int:

@@ -15,7 +15,8 @@ import sys
 from typing import Optional
 
 from . import __version__
-from .backends.base import Backend, BackendError
+from .agent import Agent, AgentBackend
+from .backends.base import BackendError
 from .config import Config, ConfigError, LocalConfig, load_config
 from .endpoints import endpoints_from_toml
 from .http.router import RouteConflict
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bind", metavar="HOST:PORT", help="address to listen on (default 127.0.0.1:8000; port 0 picks a free one)")
     parser.add_argument("--host", help="host to listen on (overrides --bind and the config)")
     parser.add_argument("--port", type=int, help="port to listen on (overrides --bind and the config)")
-    parser.add_argument("--config", metavar="FILE", help="TOML config with [server], [local] and/or [llm]")
+    parser.add_argument("--config", metavar="FILE", help="TOML config with [server], [local] or [remote], [[endpoints]]")
     parser.add_argument("--custom-endpoints", metavar="FILE", help="TOML file of [[endpoints]]")
     parser.add_argument("--backend", choices=("local", "remote"), help="force the local model or the remote upstream")
     parser.add_argument("--no-model", action="store_true",
@@ -67,9 +68,10 @@ def main(argv: Optional[list] = None) -> int:
         config = _config_from(args)
         _setup_logging(config.server.log_level)
         endpoints = endpoints_from_toml(args.custom_endpoints) if args.custom_endpoints else []
-        backend = None if args.no_model else _backend_from(args, config)
-        strict = bool(getattr(config.local if config.backend_kind == "local" else config.llm, "strict_model_names", False))
-        server = Server(config, backend, endpoints, strict_models=strict)
+        agent = _agent_from(args.agent) if args.agent else None
+        _choose_backend(args, config)
+        backend = AgentBackend(agent, agent.name, config) if agent is not None else None
+        server = Server(config, backend, endpoints)
         asyncio.run(server.run_until_signal())
         return 0
     except (ConfigError, BackendError, RouteConflict) as exc:
@@ -136,20 +138,31 @@ def _config_from(args: argparse.Namespace) -> Config:
     return config
 
 
-def _backend_from(args: argparse.Namespace, config: Config) -> Optional[Backend]:
-    from .backends import create_backend
+def _choose_backend(args: argparse.Namespace, config: Config) -> None:
+    """Leave in ``config`` the one backend section the flags and the file choose: none with
+    ``--no-model``; ``--backend`` (or ``--model``, which means local) over the file's own choice;
+    the default model when nothing names a backend."""
+    if args.no_model:
+        config.local = config.remote = None
+        return
+    kind = args.backend or ("local" if args.model else None) or config.backend_kind
+    if kind == "remote":
+        if config.remote is None:
+            raise ConfigError("--backend remote needs a [remote] section with the upstream's base_url "
+                              "in the file given with --config")
+        config.local = None
+    else:
+        config.local = config.local or LocalConfig()
+        config.remote = None
 
-    kind = args.backend or ("local" if args.model else None)
-    if args.agent:
-        from .agent import Agent, AgentBackend
 
-        agent = load_object(args.agent)
-        if callable(agent) and not isinstance(agent, Agent):
-            agent = agent()
-        if not isinstance(agent, Agent):
-            raise ConfigError(f"--agent {args.agent} is not an Agent (nor a function returning one)")
-        return AgentBackend(agent, agent.name, config, inner_kind=kind)
-    return create_backend(config, kind)
+def _agent_from(spec: str) -> Agent:
+    agent = load_object(spec)
+    if callable(agent) and not isinstance(agent, Agent):
+        agent = agent()
+    if not isinstance(agent, Agent):
+        raise ConfigError(f"--agent {spec} is not an Agent (nor a function returning one)")
+    return agent
 
 
 def load_object(spec: str):

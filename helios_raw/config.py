@@ -65,7 +65,11 @@ class LocalConfig:
 
 @dataclass
 class RemoteConfig:
-    """The ``[llm]`` section: a remote OpenAI-compatible upstream."""
+    """The ``[remote]`` section (also accepted under its older name ``[llm]``): the upstream, an
+    OpenAI-compatible server the remote backend proxies."""
+
+    #: The section's name as the user wrote it, for messages (not a setting).
+    section = "remote"
 
     model_name: str = "gpt-4o-mini"
     base_url: str = "https://api.openai.com/v1"
@@ -83,19 +87,26 @@ class RemoteConfig:
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     local: Optional[LocalConfig] = None
-    llm: Optional[RemoteConfig] = None
+    remote: Optional[RemoteConfig] = None
     #: Custom endpoints declared inline (``[[endpoints]]``), same format as --custom-endpoints.
     endpoints: list = field(default_factory=list)
 
     @property
     def backend_kind(self) -> str:
-        """``local`` when a ``[local]`` section is present, else ``remote`` when ``[llm]`` is, else
-        ``local`` with the default model (as the original chooses)."""
-        if self.local is not None:
-            return "local"
-        if self.llm is not None:
-            return "remote"
-        return "local"
+        """``"local"`` when a ``[local]`` section is present, else ``"remote"`` when ``[remote]``
+        is, else ``"local"`` with the default model (as the original chooses)."""
+        return "remote" if self.local is None and self.remote is not None else "local"
+
+    @property
+    def names_backend(self) -> bool:
+        """Whether a backend section is present (an embedding program serves no model otherwise)."""
+        return self.local is not None or self.remote is not None
+
+    @property
+    def strict_model_names(self) -> bool:
+        """Whether the named backend answers 404 for a request naming another model."""
+        section = self.local if self.local is not None else self.remote
+        return bool(section is not None and section.strict_model_names)
 
 
 def read_toml(path: str) -> dict:
@@ -126,7 +137,7 @@ def load_config(path: Optional[str] = None, environ: Optional[dict] = None) -> C
 
 
 def config_from_dict(data: dict, where: str = "the configuration") -> Config:
-    known = {"server", "local", "llm", "endpoints"}
+    known = {"server", "local", "remote", "llm", "endpoints"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{where} has an unknown section {unknown[0]!r} (known: {', '.join(sorted(known))}).")
@@ -153,8 +164,12 @@ def config_from_dict(data: dict, where: str = "the configuration") -> Config:
         config.local = _build(LocalConfig, _table(data, "local", where), f"[local] in {where}")
         if config.local.max_queue < 0 or config.local.context_size <= 0 or config.local.max_tokens <= 0:
             raise ConfigError(f"[local] in {where}: max_queue, context_size and max_tokens must be positive.")
-    if "llm" in data:
-        config.llm = _build(RemoteConfig, _table(data, "llm", where), f"[llm] in {where}")
+    if "remote" in data and "llm" in data:
+        raise ConfigError(f"{where} has both [remote] and [llm], two names for the same section; keep one.")
+    for section in ("remote", "llm"):
+        if section in data:
+            config.remote = _build(RemoteConfig, _table(data, section, where), f"[{section}] in {where}")
+            config.remote.section = section
     endpoints = data.get("endpoints", [])
     if not isinstance(endpoints, list):
         raise ConfigError(f"'endpoints' in {where} must be an array of tables ([[endpoints]]).")

@@ -50,7 +50,7 @@ def toml_value(value: Any) -> str:
 
 def example_config() -> str:
     """The text of the example config, with the current defaults filled in."""
-    sections = {"server": ServerConfig(), "limits": Limits(), "local": LocalConfig(), "llm": RemoteConfig()}
+    sections = {"server": ServerConfig(), "limits": Limits(), "local": LocalConfig(), "remote": RemoteConfig()}
     values = {f"{section}_{f.name}": toml_value(getattr(obj, f.name))
               for section, obj in sections.items() for f in fields(obj)
               if getattr(obj, f.name) is not None and not isinstance(getattr(obj, f.name), Limits)}
@@ -64,7 +64,7 @@ _TEMPLATE = """\
 # Precedence: this file, then the environment (HELIOS_API_KEY), then command-line flags.
 # Keys shown commented out are unset by default.
 #
-# The backend is [local] when that section is present, else [llm]. To proxy a remote
+# The backend is [local] when that section is present, else [remote]. To proxy a remote
 # OpenAI-compatible API instead, delete the [local] section (or run with --backend remote).
 
 [server]
@@ -133,23 +133,24 @@ request_timeout = {local_request_timeout}
 # A fixed sampling seed.
 # seed = 42
 
-# A remote OpenAI-compatible API (OpenAI, vLLM, llama-server, Ollama ...), used when [local] is absent.
-[llm]
-model_name = {llm_model_name}
-base_url = {llm_base_url}
+# The upstream: a remote OpenAI-compatible API (OpenAI, vLLM, llama-server, Ollama ...) that the
+# remote backend proxies, used when [local] is absent. ([llm] is accepted as an older name.)
+[remote]
+model_name = {remote_model_name}
+base_url = {remote_base_url}
 # Sent as "Authorization: Bearer <api_key>" whenever set.
 # api_key = "sk-..."
 # Defaults for requests that set none.
 # temperature = 0.7
 # max_tokens = 1024
 # Seconds to connect to the upstream, and to wait for each piece of its answer.
-connect_timeout = {llm_connect_timeout}
-read_timeout = {llm_read_timeout}
+connect_timeout = {remote_connect_timeout}
+read_timeout = {remote_read_timeout}
 # Extra headers sent upstream, e.g. {{ "OpenAI-Organization" = "org-..." }}.
-headers = {llm_headers}
-strict_model_names = {llm_strict_model_names}
+headers = {remote_headers}
+strict_model_names = {remote_strict_model_names}
 # Connections to the upstream kept open for reuse.
-max_connections = {llm_max_connections}
+max_connections = {remote_max_connections}
 
 # Custom endpoints (they may also live in a file given with --custom-endpoints).
 # [[endpoints]]

@@ -18,7 +18,7 @@ import signal
 from typing import Iterable, Optional
 
 from .app import App
-from .backends.base import Backend
+from .backends import Backend, backend_from_config
 from .config import Config
 from .endpoints import CustomEndpoint, endpoints_from_list
 from .http.limits import Limits
@@ -49,19 +49,24 @@ def parse_address(address: str) -> tuple[str, int]:
 
 
 class Server:
-    """One configured server. ``backend`` None serves only ``/health`` and custom endpoints."""
+    """One configured server.
+
+    ``backend`` None serves the backend ``config`` names (``[local]`` or ``[remote]``), exactly as
+    ``--config`` would; a config that names none serves only ``/health`` and custom endpoints.
+    ``strict_models`` None takes the config's ``strict_model_names``.
+    """
 
     def __init__(
         self,
         config: Optional[Config] = None,
         backend: Optional[Backend] = None,
         endpoints: Iterable[CustomEndpoint] = (),
-        strict_models: bool = False,
+        strict_models: Optional[bool] = None,
     ) -> None:
         self.config = config or Config()
-        self.backend = backend
+        self.backend = backend if backend is not None else backend_from_config(self.config)
         self.endpoints = list(endpoints_from_list(self.config.endpoints, "the configuration")) + list(endpoints)
-        self.strict_models = strict_models
+        self.strict_models = self.config.strict_model_names if strict_models is None else strict_models
         self.app = self._build_app()
         server = self.config.server
         self.http = HTTPServer(self.app, server.host, server.port, server.limits)
@@ -142,7 +147,7 @@ class ServerBuilder:
         self._config = config or Config()
         self._backend: Optional[Backend] = None
         self._endpoints: list[CustomEndpoint] = []
-        self._strict = False
+        self._strict: Optional[bool] = None
 
     @classmethod
     def with_agent(cls, agent, model_name: str, config: Optional[Config] = None) -> "ServerBuilder":
@@ -153,7 +158,8 @@ class ServerBuilder:
         builder._backend = AgentBackend(agent, model_name, builder._config)
         return builder
 
-    def backend(self, backend: Backend, strict_models: bool = False) -> "ServerBuilder":
+    def backend(self, backend: Backend, strict_models: Optional[bool] = None) -> "ServerBuilder":
+        """Serve ``backend`` instead of the one the config names."""
         self._backend = backend
         self._strict = strict_models
         return self

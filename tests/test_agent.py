@@ -25,7 +25,16 @@ import h11
 import orjson
 import pytest
 
-from helios_raw import Agent, Config, EndpointBuilder, RemoteConfig, ServerBuilder, Tool, get, tool
+from helios_raw import (
+    Agent,
+    Config,
+    EndpointBuilder,
+    RemoteConfig,
+    ServerBuilder,
+    Tool,
+    get,
+    tool,
+)
 from helios_raw.backends.remote import RemoteBackend
 from helios_raw.endpoints import EndpointRequest
 from helios_raw.http.sse import SSESink, sse_response
@@ -281,7 +290,7 @@ class ReplayUpstream:
 
     def config(self) -> Config:
         """A config whose ``[llm]`` is this upstream."""
-        config = Config(llm=RemoteConfig(model_name="gpt-4o-mini", base_url=self.base_url, api_key="sk-test"))
+        config = Config(remote=RemoteConfig(model_name="gpt-4o-mini", base_url=self.base_url, api_key="sk-test"))
         config.server.access_log = False
         return config
 
@@ -607,7 +616,7 @@ def test_several_tool_calls_in_one_answer_run_concurrently() -> None:
     async def scenario() -> None:
         async with Serving(upstream.server):
             # This agent brings its own backend: the server's config (a local model) is not used.
-            agent = Agent("parallel", tools=[fetch, compute], backend=RemoteBackend(upstream.config().llm))
+            agent = Agent("parallel", tools=[fetch, compute], backend=RemoteBackend(upstream.config().remote))
             server = ServerBuilder.with_agent(agent, "parallel-agent").address("127.0.0.1:0").build()
             async with Serving(server) as port:
                 status, body = await exchange(port, "POST", "/v1/chat/completions", chat(question))
@@ -856,7 +865,6 @@ def test_cli_rejects_an_object_that_is_not_an_agent(tmp_path: Path) -> None:
 
 
 def test_an_agent_over_the_local_model(tmp_path: Path) -> None:
-    from helios_raw.backends import create_backend
     from helios_raw.config import LocalConfig
     from tests.support.tiny_model import build_tiny_gguf
 
@@ -870,7 +878,7 @@ def test_an_agent_over_the_local_model(tmp_path: Path) -> None:
 
     agent = Agent("local-agent", system_prompt="You are a weather assistant. Use the tools.", tools=[get_weather])
     agent_server = ServerBuilder.with_agent(agent, "local-agent", local_config()).build()
-    plain_server = ServerBuilder(local_config()).backend(create_backend(local_config())).build()
+    plain_server = ServerBuilder(local_config()).build()
     question = {"messages": [{"role": "user", "content": "Hello world"}], "temperature": 0}
 
     async def scenario() -> None:

@@ -181,8 +181,14 @@ def _wait_for_line(server: ServerProcess, fragment: str, timeout: float = 10) ->
         time.sleep(0.01)
 
 
-def test_remote_backend_needs_no_model():
-    server = serve("--backend", "remote", "--bind", "127.0.0.1:0")
+def test_remote_backend_without_an_upstream_is_one_sentence():
+    assert_one_sentence_failure(cli("--backend", "remote", "--bind", "127.0.0.1:0"), "needs a [remote] section")
+
+
+def test_remote_backend_needs_no_model(tmp_path):
+    config = tmp_path / "remote.toml"
+    config.write_text('[remote]\nbase_url = "http://127.0.0.1:1/v1"\n')
+    server = serve("--backend", "remote", "--config", str(config), "--bind", "127.0.0.1:0")
     try:
         with Client(server.port) as client:
             client.request("GET", "/health")

@@ -20,7 +20,7 @@ def test_no_file_gives_the_defaults():
     assert (config.server.host, config.server.port) == ("127.0.0.1", 8000)  # loopback by default
     assert config.server.api_key is None and config.server.cors_origins == ["*"]
     assert config.server.limits == Limits()
-    assert config.local is None and config.llm is None and config.endpoints == []
+    assert config.local is None and config.remote is None and config.endpoints == []
 
 
 def test_default_limits_are_the_documented_ones():
@@ -65,7 +65,7 @@ def test_backend_sections_choose_the_backend(tmp_path):
     assert _load(tmp_path, '[llm]\nbase_url = "http://127.0.0.1:1/v1"\n').backend_kind == "remote"
     assert _load(tmp_path, '[local]\nmodel_path = "m.gguf"\n').backend_kind == "local"
     assert _load(tmp_path, "").backend_kind == "local"
-    remote = _load(tmp_path, '[llm]\nmodel_name = "m"\ntemperature = 1\nmax_tokens = 5\nheaders = {x = "y"}\n').llm
+    remote = _load(tmp_path, '[llm]\nmodel_name = "m"\ntemperature = 1\nmax_tokens = 5\nheaders = {x = "y"}\n').remote
     assert (remote.model_name, remote.temperature, remote.max_tokens, remote.headers) == ("m", 1.0, 5, {"x": "y"})
 
 

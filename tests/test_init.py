@@ -10,7 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helios_raw.config import Config, LocalConfig, RemoteConfig, ServerConfig, load_config
+from helios_raw.config import (
+    Config,
+    LocalConfig,
+    RemoteConfig,
+    ServerConfig,
+    load_config,
+)
 from helios_raw.http.limits import Limits
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +51,7 @@ def test_init_writes_a_config_that_loads_with_every_section_and_key(tmp_path: Pa
     assert str(target) in result.stdout
 
     config = load_config(str(target), environ={})
-    assert config.local == LocalConfig() and config.llm == RemoteConfig()
+    assert config.local == LocalConfig() and config.remote == RemoteConfig()
     assert config.server == ServerConfig() and config.server.limits == Limits()
     assert config.backend_kind == "local"
 
@@ -55,7 +61,7 @@ def test_init_writes_a_config_that_loads_with_every_section_and_key(tmp_path: Pa
         "server": {f.name for f in dataclasses.fields(ServerConfig)} - {"limits"},
         "server.limits": {f.name for f in dataclasses.fields(Limits)},
         "local": {f.name for f in dataclasses.fields(LocalConfig)},
-        "llm": {f.name for f in dataclasses.fields(RemoteConfig)},
+        "remote": {f.name for f in dataclasses.fields(RemoteConfig)},
     }
     for section, names in expected.items():
         assert names <= shown.get(section, set()), (section, names - shown.get(section, set()))

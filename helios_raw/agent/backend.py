@@ -35,9 +35,10 @@ class AgentBackend(Backend):
         if agent.backend is not None:
             self.inner: Backend = agent.backend
         else:
-            from ..backends import create_backend
+            from ..backends import backend_from_config
 
-            self.inner = create_backend(config or Config(), inner_kind)
+            config = config or Config()
+            self.inner = backend_from_config(config, inner_kind or config.backend_kind)
 
     @property
     def state(self) -> str:

@@ -74,11 +74,11 @@ class RemoteBackend(Backend):
         super().__init__()
         self.config = config
         self.model_id = config.model_name
-        self.completions_url = _completions_url(config.base_url)
+        self.completions_url = _completions_url(config)
         if config.max_connections < 1:
-            raise BackendError("[llm] max_connections must be at least 1.")
+            raise BackendError(f"[{config.section}] max_connections must be at least 1.")
         if config.connect_timeout <= 0 or config.read_timeout <= 0:
-            raise BackendError("[llm] connect_timeout and read_timeout must be positive.")
+            raise BackendError(f"[{config.section}] connect_timeout and read_timeout must be positive.")
         self.client = HTTPClient(
             max_connections=config.max_connections,
             connect_timeout=config.connect_timeout,
@@ -341,13 +341,14 @@ def _plain(exc: HTTPClientError) -> str:
     return reason[:1].lower() + reason[1:]
 
 
-def _completions_url(base_url: str) -> str:
+def _completions_url(config: RemoteConfig) -> str:
     """``<base_url>/chat/completions``; BackendError if ``base_url`` is not an http(s) URL."""
+    base_url = config.base_url
     parts = urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise BackendError(f"[llm] base_url {base_url!r} must be an http:// or https:// URL with a host.")
+        raise BackendError(f"[{config.section}] base_url {base_url!r} must be an http:// or https:// URL with a host.")
     try:
         parts.port
     except ValueError:
-        raise BackendError(f"[llm] base_url {base_url!r} has a bad port.") from None
+        raise BackendError(f"[{config.section}] base_url {base_url!r} has a bad port.") from None
     return base_url.rstrip("/") + "/chat/completions"
