@@ -5,10 +5,13 @@
 parameters, then validates that body with the chat route's
 :func:`~helios_raw.openai.schema.parse_chat_request`, so every chat rule applies too.
 
+``output_config.format`` (a JSON schema) is enforced as the chat route enforces ``json_schema``.
 What cannot be honoured is a 400 naming the field: image and document blocks (the translation
-carries text only), extended thinking, server tools (web search, code execution, computer use
-...), MCP servers and containers. ``cache_control`` marks are accepted: they only say where a
-prompt cache may begin. Unknown fields are a 400 too.
+carries text only), extended thinking, effort, server tools (web search, code execution,
+computer use ...), MCP servers, containers, diagnostics, an inference region, fast mode.
+``cache_control`` marks are accepted (they only say where a prompt cache may begin), and so are
+``user_profile_id`` and ``workspace_id`` (attribution, which a single server has no use for).
+Unknown fields are a 400 too.
 """
 
 from __future__ import annotations
@@ -21,11 +24,14 @@ import orjson
 from ..errors import APIError, bad_request
 from ..openai.schema import ChatRequest, parse_chat_request
 
-KNOWN_FIELDS = frozenset({
-    "model", "max_tokens", "messages", "system", "stop_sequences", "temperature", "top_p", "top_k", "tools",
-    "tool_choice", "stream", "metadata", "thinking", "service_tier", "container", "mcp_servers",
-    "context_management",
+#: Fields of both ``/v1/messages`` and ``count_tokens``; any other is refused by name.
+COMMON_FIELDS = frozenset({
+    "model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers", "context_management",
+    "cache_control", "output_config", "speed", "user_profile_id", "workspace_id",
 })
+CREATE_FIELDS = COMMON_FIELDS | {"max_tokens", "stop_sequences", "temperature", "top_p", "top_k", "stream", "metadata",
+                                 "service_tier", "container", "diagnostics", "inference_geo"}
+COUNT_FIELDS = COMMON_FIELDS | {"output_format"}
 #: At most this many stop sequences (the chat rules' limit).
 MAX_STOP_SEQUENCES = 4
 
@@ -44,9 +50,7 @@ def parse_messages_request(body: Any, counting: bool = False) -> MessagesRequest
     raises a 400 :class:`APIError` naming the field at fault."""
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.")
-    known = KNOWN_FIELDS - {"max_tokens", "stop_sequences", "stream", "metadata", "service_tier",
-                            "container"} if counting else KNOWN_FIELDS
-    unknown = sorted(set(body) - known)
+    unknown = sorted(set(body) - (COUNT_FIELDS if counting else CREATE_FIELDS))
     if unknown:
         raise bad_request(f"{unknown[0]}: Extra inputs are not permitted", unknown[0])
     _refuse_unsupported(body)
@@ -72,6 +76,9 @@ def parse_messages_request(body: Any, counting: bool = False) -> MessagesRequest
         chat_body["stop"] = stops
     if body.get("tools") is not None:
         chat_body["tools"] = _tools(body["tools"])
+    output_format = _output_format(body)
+    if output_format is not None:
+        chat_body["response_format"] = output_format
     if body.get("tool_choice") is not None:
         chat_body["tool_choice"], parallel = _tool_choice(body["tool_choice"])
         if parallel is False:
@@ -101,9 +108,27 @@ def _refuse_unsupported(body: dict) -> None:
         raise bad_request("thinking: extended thinking is not supported by this server", "thinking")
     if body.get("service_tier") not in (None, "auto", "standard_only"):
         raise bad_request("service_tier: only 'auto' and 'standard_only' are served here", "service_tier")
-    for key in ("container", "mcp_servers", "context_management"):
+    if body.get("speed") not in (None, "standard"):
+        raise bad_request("speed: only 'standard' is served here", "speed")
+    for key in ("container", "mcp_servers", "context_management", "diagnostics", "inference_geo"):
         if body.get(key) is not None:
             raise bad_request(f"{key}: not supported by this server", key)
+    config = body.get("output_config")
+    if config is not None and (not isinstance(config, dict) or config.get("effort") is not None
+                               or set(config) - {"effort", "format"}):
+        raise bad_request("output_config: only 'format' is supported by this server (no 'effort')", "output_config")
+
+
+def _output_format(body: dict):
+    """The chat ``response_format`` of ``output_config.format`` (or count_tokens' ``output_format``)."""
+    config = body.get("output_config")
+    spec = config.get("format") if isinstance(config, dict) else body.get("output_format")
+    if spec is None:
+        return None
+    if not isinstance(spec, dict) or spec.get("type") != "json_schema" or not isinstance(spec.get("schema"), dict):
+        raise bad_request("output_config.format: must be {'type': 'json_schema', 'schema': {...}}",
+                          "output_config.format")
+    return {"type": "json_schema", "json_schema": {"name": "output", "schema": spec["schema"], "strict": True}}
 
 
 def _system(value: Any) -> list:
