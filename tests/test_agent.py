@@ -25,7 +25,16 @@ import h11
 import orjson
 import pytest
 
-from helios_raw import Agent, Config, EndpointBuilder, RemoteConfig, ServerBuilder, Tool, get, tool
+from helios_raw import (
+    Agent,
+    Config,
+    EndpointBuilder,
+    RemoteConfig,
+    ServerBuilder,
+    Tool,
+    get,
+    tool,
+)
 from helios_raw.backends.remote import RemoteBackend
 from helios_raw.endpoints import EndpointRequest
 from helios_raw.http.sse import SSESink, sse_response

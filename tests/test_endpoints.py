@@ -10,8 +10,18 @@ import logging
 import pytest
 
 from helios_raw import (
-    APIError, ConfigError, EndpointBuilder, EndpointResponse, Response, Server, delete, endpoints_from_toml, get,
-    patch, post, put,
+    APIError,
+    ConfigError,
+    EndpointBuilder,
+    EndpointResponse,
+    Response,
+    Server,
+    delete,
+    endpoints_from_toml,
+    get,
+    patch,
+    post,
+    put,
 )
 from helios_raw.http.router import RouteConflict
 from tests.support.rawhttp import Client, build_server, running

@@ -15,7 +15,13 @@ import pytest
 
 from tests.support.tiny_model import build_tiny_gguf
 from tests.test_agent import (
-    ReplayUpstream, Serving, exchange, recorded_answer, recorded_tool_calls, run, stream_chat,
+    ReplayUpstream,
+    Serving,
+    exchange,
+    recorded_answer,
+    recorded_tool_calls,
+    run,
+    stream_chat,
 )
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,9 +8,9 @@ import socket
 import time
 
 import pytest
-from tests.support.rawhttp import Client, build_server, running
 
 from helios_raw import EndpointBuilder, Response, get
+from tests.support.rawhttp import Client, build_server, running
 
 
 async def echo(request):

@@ -10,7 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helios_raw.config import Config, LocalConfig, RemoteConfig, ServerConfig, load_config
+from helios_raw.config import (
+    Config,
+    LocalConfig,
+    RemoteConfig,
+    ServerConfig,
+    load_config,
+)
 from helios_raw.http.limits import Limits
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,7 +16,14 @@ from helios_raw.backends.base import BackendError
 from helios_raw.backends.local import LocalBackend
 from helios_raw.config import LocalConfig
 from tests.conftest import (
-    chat_body, completion_of, error_of, health, local_server, post_chat, text_of_completion, validate,
+    chat_body,
+    completion_of,
+    error_of,
+    health,
+    local_server,
+    post_chat,
+    text_of_completion,
+    validate,
 )
 
 WEATHER = {"type": "function", "function": {

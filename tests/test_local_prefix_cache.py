@@ -14,7 +14,13 @@ from __future__ import annotations
 
 import math
 
-from tests.conftest import chat_body, completion_of, local_server, stream_of, streamed_text
+from tests.conftest import (
+    chat_body,
+    completion_of,
+    local_server,
+    stream_of,
+    streamed_text,
+)
 
 KEEPER = "the lighthouse keeper found a bottle"
 SHARED_PREFIX = "the lighthouse keeper lost"

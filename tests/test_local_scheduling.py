@@ -15,8 +15,21 @@ import pytest
 
 from helios_raw.http.limits import Limits
 from tests.conftest import (
-    chat_body, completion_of, connect, dechunk, error_of, health, local_server, open_stream, post_chat, read_until,
-    send_chat, shrink_server_send_buffer, sse_events, streamed_text, validate,
+    chat_body,
+    completion_of,
+    connect,
+    dechunk,
+    error_of,
+    health,
+    local_server,
+    open_stream,
+    post_chat,
+    read_until,
+    send_chat,
+    shrink_server_send_buffer,
+    sse_events,
+    streamed_text,
+    validate,
 )
 from tests.support.rawhttp import TIMEOUT, get
 

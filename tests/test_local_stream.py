@@ -11,8 +11,19 @@ import pytest
 
 from helios_raw.http.limits import Limits
 from tests.conftest import (
-    chat_body, completion_of, connect, dechunk, local_server, open_stream, read_until, send_chat,
-    shrink_server_send_buffer, sse_events, stream_of, streamed_text, validate,
+    chat_body,
+    completion_of,
+    connect,
+    dechunk,
+    local_server,
+    open_stream,
+    read_until,
+    send_chat,
+    shrink_server_send_buffer,
+    sse_events,
+    stream_of,
+    streamed_text,
+    validate,
 )
 
 

@@ -30,14 +30,38 @@ from helios_raw import Agent, Config, LocalConfig, RemoteConfig, ServerBuilder
 from helios_raw.backends.remote import RemoteBackend
 from helios_raw.http.limits import Limits
 from helios_raw.http.sse import sse_frame
-from tests.conftest import chat_body, error_of, post_chat, sse_events, stream_of, validate
+from tests.conftest import (
+    chat_body,
+    error_of,
+    post_chat,
+    sse_events,
+    stream_of,
+    validate,
+)
 from tests.support.rawhttp import Answer, Client, build_server, get, running
 from tests.test_agent import (
-    PARIS, PARIS_ANSWER, ReplayUpstream, Serving, UpstreamError, agent_server, chat, exchange, get_weather,
-    recorded_answer, recorded_tool_calls, stream_chat,
+    PARIS,
+    PARIS_ANSWER,
+    ReplayUpstream,
+    Serving,
+    UpstreamError,
+    agent_server,
+    chat,
+    exchange,
+    get_weather,
+    recorded_answer,
+    recorded_tool_calls,
+    stream_chat,
 )
 from tests.test_remote import (
-    HELLO, Exchange, FakeUpstream, Recorder, Upstream, chunk_event, free_port, proxy_server,
+    HELLO,
+    Exchange,
+    FakeUpstream,
+    Recorder,
+    Upstream,
+    chunk_event,
+    free_port,
+    proxy_server,
 )
 
 TIMEOUT = 30.0

@@ -32,7 +32,12 @@ import pytest
 
 from helios_raw import Config, EndpointBuilder, RemoteConfig, ServerBuilder
 from helios_raw.backends.remote import RemoteBackend, SSEDecoder
-from helios_raw.http.client import ConnectTimeout, HTTPClient, ReadTimeout, RemoteProtocolError
+from helios_raw.http.client import (
+    ConnectTimeout,
+    HTTPClient,
+    ReadTimeout,
+    RemoteProtocolError,
+)
 from helios_raw.http.sse import sse_frame, sse_response
 from tests.support.rawhttp import Client, running
 from tests.support.tiny_model import build_tiny_gguf
