@@ -24,7 +24,8 @@ from helios_raw import Agent, Config, EndpointBuilder, RemoteConfig, ServerBuild
 from helios_raw.backends.remote import RemoteBackend
 from helios_raw.http.sse import sse_response
 from tests.support.apis import named_events, validate_anthropic, validate_openai
-from tests.support.rawhttp import Client, running
+from tests.support.apis import post_json as post
+from tests.support.rawhttp import running
 from tests.test_agent import (
     PARIS,
     PARIS_ANSWER,
@@ -37,12 +38,6 @@ from tests.test_agent import (
 from tests.test_remote import Upstream
 
 JSON = [("Content-Type", "application/json")]
-
-
-def post(port: int, path: str, body: dict):
-    with Client(port, timeout=60) as http:
-        http.request("POST", path, JSON, json.dumps(body).encode())
-        return http.read_response("POST")
 
 
 # -- the agent ------------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ from anthropic.types import (
     RawMessageStreamEvent,
 )
 
-from tests.conftest import JSON, local_server
-from tests.support.apis import named_events, validate_anthropic
+from tests.conftest import local_server
+from tests.support.apis import named_events, post_json, validate_anthropic
 from tests.support.rawhttp import Client, build_server, running
 
 WEATHER = {"name": "get_weather", "description": "Weather for a city",
@@ -39,10 +39,7 @@ def client(server):
 
 
 def post(port: int, body, path: str = "/v1/messages", headers=()):
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    with Client(port, timeout=60) as http:
-        http.request("POST", path, JSON + list(headers), data)
-        return http.read_response("POST")
+    return post_json(port, path, body, headers)
 
 
 def message_of(port: int, body: dict) -> dict:

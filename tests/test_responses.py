@@ -13,8 +13,8 @@ import pytest
 from helios_raw import Config, LocalConfig, Server
 from helios_raw.backends.local import LocalBackend
 from helios_raw.responses import ResponseStore
-from tests.conftest import JSON, local_server
-from tests.support.apis import named_events, validate_openai
+from tests.conftest import local_server
+from tests.support.apis import named_events, post_json, validate_openai
 from tests.support.rawhttp import Client, running
 
 WEATHER = {"type": "function", "name": "get_weather", "description": "Weather for a city",
@@ -36,10 +36,8 @@ def client(server):
     return openai.OpenAI(base_url=f"http://127.0.0.1:{server.port}/v1", api_key="unused", max_retries=0, timeout=60)
 
 
-def post(port: int, body: dict, path: str = "/v1/responses"):
-    with Client(port, timeout=60) as http:
-        http.request("POST", path, JSON, json.dumps(body).encode())
-        return http.read_response("POST")
+def post(port: int, body):
+    return post_json(port, "/v1/responses", body)
 
 
 def created(port: int, body: dict) -> dict:

@@ -123,7 +123,14 @@ class RemoteBackend(Backend):
         return body
 
     async def _complete(self, request: ChatRequest) -> dict:
-        response = await self._send(request, stream=False)
+        body, completion = await self._read_object(await self._send(request, stream=False))
+        if completion.get("error") and "choices" not in completion:
+            message = _parse_error_body(body)[0] or "no message"
+            raise self._bad_gateway(f"The upstream reported an error: {message}")
+        return completion
+
+    async def _read_object(self, response: ClientResponse) -> tuple[bytes, dict]:
+        """The body of ``response`` and the JSON object it holds (a 502 if it holds none)."""
         try:
             body = await response.read()
         except HTTPClientError as exc:
@@ -131,15 +138,12 @@ class RemoteBackend(Backend):
         finally:
             response.close()
         try:
-            completion = orjson.loads(body)
+            obj = orjson.loads(body)
         except orjson.JSONDecodeError:
-            completion = None
-        if not isinstance(completion, dict):
+            obj = None
+        if not isinstance(obj, dict):
             raise self._bad_gateway("The upstream answered with a body that is not a JSON object.")
-        if completion.get("error") and "choices" not in completion:
-            message = _parse_error_body(body)[0] or "no message"
-            raise self._bad_gateway(f"The upstream reported an error: {message}")
-        return completion
+        return body, obj
 
     # -- other routes passed through -----------------------------------------------------------
 
@@ -157,19 +161,7 @@ class RemoteBackend(Backend):
         if stream:
             self._check_event_stream(response)
             return EventRelay(response, cancel, self)
-        try:
-            answer = await cancel.guard(response.read())
-        except HTTPClientError as exc:
-            raise self._transport_error(exc) from None
-        finally:
-            response.close()
-        try:
-            obj = orjson.loads(answer)
-        except orjson.JSONDecodeError:
-            obj = None
-        if not isinstance(obj, dict):
-            raise self._bad_gateway("The upstream answered with a body that is not a JSON object.")
-        return obj
+        return (await cancel.guard(self._read_object(response)))[1]
 
     def _check_event_stream(self, response: ClientResponse) -> None:
         content_type = (response.header("content-type") or "text/event-stream").lower()

@@ -51,6 +51,8 @@ class ResponseDraft:
             "output": output,
             "parallel_tool_calls": echo.get("parallel_tool_calls") is not False,
             "previous_response_id": echo.get("previous_response_id"),
+            "presence_penalty": 0.0,
+            "frequency_penalty": 0.0,
             "prompt_cache_key": echo.get("prompt_cache_key"),
             "reasoning": {"effort": None, "summary": None},
             "safety_identifier": echo.get("safety_identifier"),

@@ -10,7 +10,17 @@ from functools import lru_cache
 
 import pydantic
 
+from tests.support.rawhttp import Answer, Client
+
 RESPONSES_SCHEMAS = pathlib.Path(__file__).resolve().parent.parent / "openai_responses_schemas.json"
+
+
+def post_json(port: int, path: str, body, headers=()) -> Answer:
+    """POST ``body`` (a dict, or raw bytes) as JSON to ``path`` on a fresh connection."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    with Client(port, timeout=60) as http:
+        http.request("POST", path, [("Content-Type", "application/json"), *headers], data)
+        return http.read_response("POST")
 
 
 def named_events(body: bytes) -> list:
