@@ -36,6 +36,10 @@ class ServerConfig:
     access_log: bool = True
     log_level: str = "info"
     limits: Limits = field(default_factory=Limits)
+    #: Responses kept in memory for ``GET /v1/responses/{id}`` and ``previous_response_id``
+    #: (the oldest go first; all are lost on restart), and for how many seconds each.
+    responses_store_size: int = 1000
+    responses_store_ttl: float = 3600.0
 
 
 @dataclass
@@ -81,6 +85,9 @@ class RemoteConfig:
     headers: dict = field(default_factory=dict)
     strict_model_names: bool = False
     max_connections: int = 32
+    #: Pass ``/v1/responses`` straight through to the upstream's ``/responses`` (which then
+    #: stores the responses); off: translate them to its chat completions.
+    responses_passthrough: bool = True
 
 
 @dataclass
@@ -156,6 +163,9 @@ def config_from_dict(data: dict, where: str = "the configuration") -> Config:
         raise ConfigError(f"[server] host in {where} must not be empty.")
     if server.shutdown_timeout < 0:
         raise ConfigError(f"[server] shutdown_timeout in {where} must be 0 or more seconds.")
+    if server.responses_store_size < 0 or server.responses_store_ttl <= 0:
+        raise ConfigError(f"[server] in {where}: responses_store_size must be 0 or more and responses_store_ttl "
+                          "positive.")
     if server.log_level not in LOG_LEVELS:
         raise ConfigError(f"[server] log_level in {where} must be one of {', '.join(LOG_LEVELS)}, "
                           f"not {server.log_level!r}.")

@@ -81,6 +81,10 @@ shutdown_timeout = {server_shutdown_timeout}
 access_log = {server_access_log}
 # debug, info, warning or error.
 log_level = {server_log_level}
+# Responses kept in memory for GET /v1/responses/{{id}} and previous_response_id (the oldest
+# go first; all are lost on restart), and for how many seconds each.
+responses_store_size = {server_responses_store_size}
+responses_store_ttl = {server_responses_store_ttl}
 
 [server.limits]
 # Bytes of a request line plus headers (more is answered 431), and header fields per request.
@@ -151,6 +155,9 @@ headers = {remote_headers}
 strict_model_names = {remote_strict_model_names}
 # Connections to the upstream kept open for reuse.
 max_connections = {remote_max_connections}
+# Pass /v1/responses straight through to the upstream (which then stores the responses);
+# false: translate them to its chat completions.
+responses_passthrough = {remote_responses_passthrough}
 
 # Custom endpoints (they may also live in a file given with --custom-endpoints).
 # [[endpoints]]

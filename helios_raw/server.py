@@ -17,6 +17,7 @@ import logging
 import signal
 from typing import Iterable, Optional
 
+from .anthropic import MessagesRoutes
 from .app import App
 from .backends import Backend, backend_from_config
 from .config import Config
@@ -24,6 +25,7 @@ from .endpoints import CustomEndpoint, endpoints_from_list
 from .http.limits import Limits
 from .http.server import HTTPServer
 from .openai.handlers import OpenAIRoutes, health_route
+from .responses import ResponsesRoutes, ResponseStore
 
 log = logging.getLogger("helios_raw")
 
@@ -77,6 +79,9 @@ class Server:
         app.add_route("GET", "/health", health_route(self.backend), inline=True, description="health check")
         if self.backend is not None:
             OpenAIRoutes(self.backend, self.strict_models).install(app)
+            store = ResponseStore(server.responses_store_size, server.responses_store_ttl)
+            ResponsesRoutes(self.backend, store, self.strict_models).install(app)
+            MessagesRoutes(self.backend, self.strict_models).install(app)
         for endpoint in self.endpoints:
             endpoint.install(app)
         return app

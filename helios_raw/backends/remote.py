@@ -24,6 +24,11 @@ timeout is a 504. In a stream that has started they arrive as an error event bef
 When our client goes away (its connection lost, or ``cancel`` set), the upstream connection is
 closed at once, which is how an upstream learns to stop generating.
 
+Other routes can be passed straight through with :meth:`RemoteBackend.forward` (the Responses
+routes do so when ``responses_passthrough`` is set): the body goes to the same path under
+``base_url`` with only ``model`` replaced, and the answer (a JSON object, or every event of a
+stream, names kept) comes back untouched, with the same error mapping.
+
 Concurrent requests run in parallel over a pool of keep-alive connections (at most
 ``max_connections`` to the upstream); there is no lock.
 """
@@ -32,7 +37,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from typing import Optional
+from typing import Awaitable, Callable, Optional
 from urllib.parse import urlsplit
 
 import orjson
@@ -101,11 +106,7 @@ class RemoteBackend(Backend):
 
     async def open_stream(self, request: ChatRequest, cancel: Cancellation) -> ChunkStream:
         response = await cancel.guard(self._send(request, stream=True))
-        content_type = (response.header("content-type") or "text/event-stream").lower()
-        if not content_type.startswith("text/event-stream"):
-            response.close()
-            raise self._bad_gateway(f"The upstream answered a streamed request with {content_type!r}, "
-                                    "not an event stream.")
+        self._check_event_stream(response)
         return RemoteStream(response, cancel, self)
 
     # -- requests ----------------------------------------------------------------------------
@@ -122,7 +123,14 @@ class RemoteBackend(Backend):
         return body
 
     async def _complete(self, request: ChatRequest) -> dict:
-        response = await self._send(request, stream=False)
+        body, completion = await self._read_object(await self._send(request, stream=False))
+        if completion.get("error") and "choices" not in completion:
+            message = _parse_error_body(body)[0] or "no message"
+            raise self._bad_gateway(f"The upstream reported an error: {message}")
+        return completion
+
+    async def _read_object(self, response: ClientResponse) -> tuple[bytes, dict]:
+        """The body of ``response`` and the JSON object it holds (a 502 if it holds none)."""
         try:
             body = await response.read()
         except HTTPClientError as exc:
@@ -130,22 +138,47 @@ class RemoteBackend(Backend):
         finally:
             response.close()
         try:
-            completion = orjson.loads(body)
+            obj = orjson.loads(body)
         except orjson.JSONDecodeError:
-            completion = None
-        if not isinstance(completion, dict):
+            obj = None
+        if not isinstance(obj, dict):
             raise self._bad_gateway("The upstream answered with a body that is not a JSON object.")
-        if completion.get("error") and "choices" not in completion:
-            message = _parse_error_body(body)[0] or "no message"
-            raise self._bad_gateway(f"The upstream reported an error: {message}")
-        return completion
+        return body, obj
+
+    # -- other routes passed through -----------------------------------------------------------
+
+    async def forward(self, method: str, path: str, body: Optional[dict], cancel: Cancellation):
+        """Pass a request of another route (``path`` under ``base_url``, e.g. ``/responses``)
+        straight through: ``body`` goes up with ``model`` replaced and config defaults left out.
+        The answer is the upstream's JSON object, or for ``"stream": true`` an
+        :class:`EventRelay`; upstream errors are mapped as on the chat route."""
+        stream = bool(body and body.get("stream") is True)
+        data = b""
+        if body is not None:
+            data = orjson.dumps({**body, "model": self.config.model_name})
+        url = self.completions_url[:-len("/chat/completions")] + path
+        response = await cancel.guard(self._request(method, url, data, stream))
+        if stream:
+            self._check_event_stream(response)
+            return EventRelay(response, cancel, self)
+        return (await cancel.guard(self._read_object(response)))[1]
+
+    def _check_event_stream(self, response: ClientResponse) -> None:
+        content_type = (response.header("content-type") or "text/event-stream").lower()
+        if not content_type.startswith("text/event-stream"):
+            response.close()
+            raise self._bad_gateway(f"The upstream answered a streamed request with {content_type!r}, "
+                                    "not an event stream.")
 
     async def _send(self, request: ChatRequest, stream: bool) -> ClientResponse:
         """POST the request; the response once its head has arrived with a 2xx status."""
-        body = orjson.dumps(self.upstream_body(request))
+        return await self._request("POST", self.completions_url, orjson.dumps(self.upstream_body(request)), stream)
+
+    async def _request(self, method: str, url: str, body: bytes, stream: bool) -> ClientResponse:
+        """Send one request upstream; the response once its head has arrived with a 2xx status."""
         headers = self._headers[stream]
         try:
-            response = await self.client.request("POST", self.completions_url, headers, body)
+            response = await self.client.request(method, url, headers, body)
         except HTTPClientError as exc:
             raise self._transport_error(exc) from None
         if 200 <= response.status < 300:
@@ -241,6 +274,34 @@ class RemoteStream(ChunkStream):
             await self.response.read(_ERROR_BODY_LIMIT)
         except HTTPClientError:
             pass
+
+
+class EventRelay:
+    """An upstream event stream of another API whose head has arrived; :meth:`run` hands each
+    event, name and data untouched, to ``forward(name, data)`` until the upstream's body ends."""
+
+    def __init__(self, response: ClientResponse, cancel: Cancellation, backend: RemoteBackend) -> None:
+        self.response = response
+        self.cancel = cancel
+        self.backend = backend
+
+    async def run(self, forward: Callable[[str, bytes], None], drain: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await self.cancel.guard(self._relay(forward, drain))
+        finally:
+            self.response.close()
+
+    async def _relay(self, forward: Callable[[str, bytes], None], drain: Callable[[], Awaitable[None]]) -> None:
+        decoder = SSEDecoder(_MAX_EVENT_BYTES)
+        try:
+            async for piece in self.response.iter_bytes():
+                for name, data in decoder.feed(piece):
+                    forward(name, data)
+                await drain()
+        except HTTPClientError as exc:
+            raise self.backend._transport_error(exc) from None
+        except MalformedStream as exc:
+            raise self.backend._bad_gateway(str(exc)) from None
 
 
 class MalformedStream(Exception):

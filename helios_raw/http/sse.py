@@ -1,7 +1,8 @@
 """Server-Sent Events: the ``text/event-stream`` body a streamed answer is written as.
 
 Each chunk is one event, ``data: <json>\\n\\n``; a stream ends with ``data: [DONE]``, and one cut
-short by an error ends with an error event before it.
+short by an error ends with an error event before it. APIs whose events are named (OpenAI's
+Responses, Anthropic's Messages) write ``event: <name>\\ndata: <json>\\n\\n`` frames instead.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import orjson
 
 from ..errors import APIError
 from ..sink import ChunkSink
-from .response import Headers, ResponseWriter, StreamingResponse
+from .response import Headers, Producer, ResponseWriter, StreamingResponse
 
 SSE_DONE = b"data: [DONE]\n\n"
 
@@ -71,4 +72,21 @@ def sse_response(producer: Callable[[SSESink], Awaitable[None]], headers: Option
         headers=[("cache-control", "no-cache"), ("x-accel-buffering", "no")] + (headers or []),
         content_type="text/event-stream",
         error_frames=sse_error_frames,
+    )
+
+
+def named_sse_frame(event: str, obj: Any) -> bytes:
+    """One Server-Sent Event named ``event`` carrying ``obj`` as JSON (``event: ...`` then ``data: ...``)."""
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
+
+
+def named_sse_response(producer: Producer, error_frames: Callable[[APIError], bytes],
+                       headers: Optional[Headers] = None) -> StreamingResponse:
+    """A ``text/event-stream`` response of named events written by ``producer``; cut short (a
+    shutdown deadline, a producer that raised), it ends with ``error_frames(error)``."""
+    return StreamingResponse(
+        producer,
+        headers=[("cache-control", "no-cache"), ("x-accel-buffering", "no")] + (headers or []),
+        content_type="text/event-stream",
+        error_frames=error_frames,
     )
