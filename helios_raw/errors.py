@@ -75,3 +75,8 @@ def model_unavailable() -> APIError:
     """A 503: the model failed to load (or was closed) and will not serve."""
     return APIError(503, "The model failed to load; see the server log.", type="server_error",
                     code="model_unavailable")
+
+
+def model_not_found(model: str) -> APIError:
+    """A 404 for a model this server does not serve, as OpenAI answers it."""
+    return APIError(404, f"The model '{model}' does not exist.", param="model", code="model_not_found")

@@ -1,7 +1,7 @@
 """What routes answering in another API's shape (OpenAI's Responses, Anthropic's Messages) share.
 
 Those routes translate their request into a chat completions body and call any backend like the
-chat route does (:func:`check_backend` first). What comes back is read here, in one place:
+chat route does (``Backend.check_request`` first). What comes back is read here, in one place:
 
 - :func:`answer_of` reads a ``chat.completion`` into an :class:`Answer`;
 - :class:`ChunkTranslator` is a :class:`~helios_raw.sink.ChunkSink` that reads
@@ -19,26 +19,14 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from .backends.base import Backend, ChunkStream
+from .backends.base import ChunkStream
 from .cancel import ClientGone
-from .errors import APIError, model_loading, model_unavailable, server_error
+from .errors import APIError, server_error
 from .http.response import ResponseWriter, StreamingResponse
 from .http.sse import named_sse_frame, named_sse_response
 from .sink import ChunkSink
 
 log = logging.getLogger("helios_raw.translation")
-
-
-def check_backend(backend: "Backend", model: str, strict_models: bool) -> None:
-    """Raise the chat route's 503 unless ``backend`` serves, and with ``strict_models`` its 404
-    for a ``model`` the backend doesn't serve."""
-    state = backend.state
-    if state == "loading":
-        raise model_loading()
-    if state != "ready":
-        raise model_unavailable()
-    if strict_models and model not in backend.model_ids():
-        raise APIError(404, f"The model '{model}' does not exist.", param="model", code="model_not_found")
 
 
 @dataclass

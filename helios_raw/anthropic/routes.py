@@ -15,7 +15,7 @@ from ..backends.base import Backend
 from ..http.request import Request
 from ..http.response import JSONResponse
 from ..openai.handlers import require_json
-from ..translation import answer_of, check_backend, translated_response
+from ..translation import answer_of, translated_response
 from .errors import render_error
 from .events import MessagesTranslator, message_object
 from .request import parse_messages_request
@@ -38,7 +38,7 @@ class MessagesRoutes:
         require_json(request)
         parsed = parse_messages_request(request.json())
         chat = parsed.chat
-        check_backend(self.backend, chat.model, self.strict_models)
+        self.backend.check_request(chat.model, self.strict_models)
         if not parsed.stream:
             answer = answer_of(await self.backend.complete(chat, request.cancelled))
             return JSONResponse(message_object(answer, self.backend.model_id, parsed.stop_sequences))
@@ -50,7 +50,7 @@ class MessagesRoutes:
         require_json(request)
         parsed = parse_messages_request(request.json(), counting=True)
         chat = parsed.chat
-        check_backend(self.backend, chat.model, self.strict_models)
+        self.backend.check_request(chat.model, self.strict_models)
         chat.max_tokens, chat.temperature = 1, 0.0
         chat.raw = {**chat.raw, "max_tokens": 1, "temperature": 0}
         answer = answer_of(await self.backend.complete(chat, request.cancelled))

@@ -12,6 +12,7 @@ import abc
 import time
 
 from ..cancel import Cancellation
+from ..errors import model_loading, model_not_found, model_unavailable
 from ..openai.schema import ChatRequest
 from ..sink import ChunkSink
 
@@ -41,6 +42,17 @@ class Backend(abc.ABC):
     def state(self) -> str:
         """``"loading"``, ``"ready"`` or ``"failed"``."""
         return "ready"
+
+    def check_request(self, model: str, strict_models: bool) -> None:
+        """Raise the 503 a request gets while the backend is loading or has failed, and with
+        ``strict_models`` the 404 for a ``model`` it does not serve."""
+        state = self.state
+        if state == "loading":
+            raise model_loading()
+        if state != "ready":
+            raise model_unavailable()
+        if strict_models and model not in self.model_ids():
+            raise model_not_found(model)
 
     def health(self) -> dict:
         """Extra facts for ``/health`` (model id, state, queue length ...)."""

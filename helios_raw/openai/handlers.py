@@ -7,7 +7,7 @@ import logging
 from typing import TYPE_CHECKING, Optional
 
 from ..cancel import ClientGone
-from ..errors import APIError, server_error
+from ..errors import APIError, model_not_found, server_error
 from ..http.request import Request
 from ..http.response import JSONResponse, Response
 from ..http.sse import SSESink, sse_response
@@ -42,15 +42,13 @@ class OpenAIRoutes:
     def get_model(self, request: Request) -> Response:
         model = request.params["model"]
         if model not in self.backend.model_ids():
-            raise APIError(404, f"The model '{model}' does not exist.", param="model", code="model_not_found")
+            raise model_not_found(model)
         return JSONResponse(self._model(model))
 
     async def chat_completions(self, request: Request):
         require_json(request)
         chat = parse_chat_request(request.json())
-        self._check_ready()
-        if self.strict_models and chat.model not in self.backend.model_ids():
-            raise APIError(404, f"The model '{chat.model}' does not exist.", param="model", code="model_not_found")
+        self.backend.check_request(chat.model, self.strict_models)
         if not chat.stream:
             return JSONResponse(await self.backend.complete(chat, request.cancelled))
         stream = await self.backend.open_stream(chat, request.cancelled)
@@ -75,15 +73,6 @@ class OpenAIRoutes:
 
     def _model(self, model_id: str) -> dict:
         return model_object(model_id, self.backend.created, self.backend.owned_by)
-
-    def _check_ready(self) -> None:
-        state = self.backend.state
-        if state == "loading":
-            raise APIError(503, "The model is still loading; try again in a moment.", type="server_error",
-                           code="model_loading", headers=[("retry-after", "1")])
-        if state != "ready":
-            raise APIError(503, "The model failed to load; see the server log.", type="server_error",
-                           code="model_unavailable")
 
 
 def require_json(request: Request) -> None:

@@ -23,7 +23,7 @@ from ..http.request import Request
 from ..http.response import JSONResponse, ResponseWriter
 from ..http.sse import named_sse_frame, named_sse_response
 from ..openai.handlers import require_json
-from ..translation import answer_of, check_backend, translated_response
+from ..translation import answer_of, translated_response
 from .events import ResponsesTranslator
 from .objects import ResponseDraft, history_of_output, output_of, status_of
 from .request import ResponsesRequest, parse_responses_request
@@ -55,7 +55,7 @@ class ResponsesRoutes:
             return await self._forward(request, "POST", "/responses", body)
         parsed = parse_responses_request(body, self._history)
         chat = parsed.chat
-        check_backend(self.backend, chat.model, self.strict_models)
+        self.backend.check_request(chat.model, self.strict_models)
         draft = ResponseDraft(parsed, self.backend.model_id)
         if not parsed.stream:
             answer = answer_of(await self.backend.complete(chat, request.cancelled))

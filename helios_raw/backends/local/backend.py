@@ -27,7 +27,7 @@ from typing import Optional
 
 from ...cancel import Cancellation, ClientGone
 from ...config import LocalConfig
-from ...errors import bad_request, model_loading, model_unavailable, shutting_down
+from ...errors import bad_request, model_unavailable, shutting_down
 from ...openai.objects import ChunkFactory, assistant_message, completion, usage
 from ...openai.schema import ChatRequest
 from ...sink import ChunkSink
@@ -198,9 +198,10 @@ class LocalBackend(Backend):
 
     async def _prepare(self, request: ChatRequest) -> Job:
         if self._model is None:
-            if self._state == "loading":
-                raise model_loading()
-            raise shutting_down() if self._scheduler.stopping.is_set() else model_unavailable()
+            if self._scheduler.stopping.is_set():
+                raise shutting_down()
+            self.check_request(request.model, False)
+            raise model_unavailable()
         return await asyncio.get_running_loop().run_in_executor(None, self._job, self._model, request)
 
     def _job(self, model: "LoadedModel", chat: ChatRequest) -> Job:
