@@ -17,7 +17,7 @@ from typing import Optional
 from . import __version__
 from .agent import Agent, AgentBackend
 from .backends.base import BackendError
-from .config import Config, ConfigError, LocalConfig, load_config
+from .config import Config, ConfigError, LocalConfig, load_config, local_problem
 from .endpoints import endpoints_from_toml
 from .http.router import RouteConflict
 from .server import Server, parse_address
@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", metavar="PATH", help="GGUF model file to serve (implies the local backend)")
     parser.add_argument("--model-name", help="model id to serve it as (default: the file's name)")
     parser.add_argument("--chat-format", help="llama-cpp-python chat format, overriding the model's template")
-    parser.add_argument("--threads", type=int, help="CPU threads for generation")
+    parser.add_argument("--threads", type=int, help="CPU threads for generation (default: the physical cores)")
+    parser.add_argument("--parallel", type=int, metavar="N",
+                        help="requests the local model generates at once (slots; default 4)")
     parser.add_argument("--agent", metavar="MODULE:OBJECT", help="serve an Agent (or a function returning one) from your code")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="logging level (default info)")
     parser.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
@@ -102,11 +104,13 @@ def _fail(sentence: str) -> int:
 def _config_from(args: argparse.Namespace) -> Config:
     config = load_config(args.config)
     server = config.server
-    try:
-        if args.bind:
+    if args.bind:
+        if ":" not in args.bind or args.bind.endswith("]"):
+            raise ConfigError(f"--bind needs HOST:PORT (for example 127.0.0.1:8000), not {args.bind!r}")
+        try:
             server.host, server.port = parse_address(args.bind)
-    except ValueError as exc:
-        raise ConfigError(f"--bind: {exc}") from None
+        except ValueError as exc:
+            raise ConfigError(f"--bind: {exc}") from None
     if args.host:
         server.host = args.host
     if args.port is not None:
@@ -123,7 +127,8 @@ def _config_from(args: argparse.Namespace) -> Config:
         server.shutdown_timeout = args.shutdown_timeout
     if args.no_model and (args.model or args.agent or args.backend):
         raise ConfigError("--no-model cannot be combined with --model, --agent or --backend")
-    if args.model or args.model_name or args.chat_format or args.threads:
+    local_flags = (args.model, args.model_name, args.chat_format, args.threads, args.parallel)
+    if any(flag is not None for flag in local_flags):
         if config.local is None and (args.model or args.backend != "remote"):
             config.local = LocalConfig()
         if config.local is not None:
@@ -134,7 +139,11 @@ def _config_from(args: argparse.Namespace) -> Config:
                 local.model_path, local.huggingface_repo, local.model_file = args.model, None, None
             local.model_name = args.model_name or local.model_name
             local.chat_format = args.chat_format or local.chat_format
-            local.n_threads = args.threads or local.n_threads
+            local.n_threads = local.n_threads if args.threads is None else args.threads
+            local.parallel = local.parallel if args.parallel is None else args.parallel
+            problem = local_problem(local)
+            if problem:
+                raise ConfigError(f"--{problem.replace('n_threads', 'threads')}")
     return config
 
 

@@ -60,11 +60,19 @@ class LocalConfig:
     chat_format: Optional[str] = None
     #: Answer 404 ``model_not_found`` for a request naming another model.
     strict_model_names: bool = False
-    #: Requests that may wait for the model; more are answered 429.
+    #: Requests that may wait for a slot; more are answered 429.
     max_queue: int = 16
     #: Seconds one generation may run before it ends with ``finish_reason: "length"``.
     request_timeout: float = 600.0
     seed: Optional[int] = None
+    #: Requests generated at once (slots), each with its own ``context_size`` of KV cache.
+    parallel: int = 4
+    #: Prompt tokens evaluated per step beside the running streams (chunked prefill).
+    prefill_chunk: int = 256
+    #: llama.cpp's flash attention (makes answers independent of the cache's history).
+    flash_attention: bool = True
+    #: Seconds a stream whose client reads nothing keeps its slot while other requests wait.
+    stall_timeout: float = 10.0
 
 
 @dataclass
@@ -172,8 +180,9 @@ def config_from_dict(data: dict, where: str = "the configuration") -> Config:
     config = Config(server=server)
     if "local" in data:
         config.local = _build(LocalConfig, _table(data, "local", where), f"[local] in {where}")
-        if config.local.max_queue < 0 or config.local.context_size <= 0 or config.local.max_tokens <= 0:
-            raise ConfigError(f"[local] in {where}: max_queue, context_size and max_tokens must be positive.")
+        problem = local_problem(config.local)
+        if problem:
+            raise ConfigError(f"[local] in {where}: {problem}.")
     if "remote" in data and "llm" in data:
         raise ConfigError(f"{where} has both [remote] and [llm], two names for the same section; keep one.")
     for section in ("remote", "llm"):
@@ -185,6 +194,26 @@ def config_from_dict(data: dict, where: str = "the configuration") -> Config:
         raise ConfigError(f"'endpoints' in {where} must be an array of tables ([[endpoints]]).")
     config.endpoints = endpoints
     return config
+
+
+def local_problem(local: LocalConfig) -> Optional[str]:
+    """What is wrong with ``local``'s values, as a clause naming the key, or None."""
+    checks = [
+        ("context_size", local.context_size >= 16, "at least 16"),
+        ("max_tokens", local.max_tokens >= 1, "at least 1"),
+        ("temperature", 0.0 <= local.temperature <= 2.0, "between 0 and 2"),
+        ("n_threads", local.n_threads is None or local.n_threads >= 1, "at least 1"),
+        ("n_gpu_layers", local.n_gpu_layers >= -1, "-1 (all) or more"),
+        ("max_queue", local.max_queue >= 0, "0 or more"),
+        ("request_timeout", local.request_timeout > 0, "a positive number of seconds"),
+        ("parallel", 1 <= local.parallel <= 64, "between 1 and 64"),
+        ("prefill_chunk", 1 <= local.prefill_chunk <= 8192, "between 1 and 8192"),
+        ("stall_timeout", local.stall_timeout > 0, "a positive number of seconds"),
+    ]
+    for key, ok, expected in checks:
+        if not ok:
+            return f"{key} must be {expected}, not {getattr(local, key)!r}"
+    return None
 
 
 def _table(data: dict, key: str, where: str) -> dict:

@@ -123,7 +123,7 @@ context_size = {local_context_size}
 # Defaults for requests that set none.
 temperature = {local_temperature}
 max_tokens = {local_max_tokens}
-# CPU threads for generation; by default llama.cpp chooses.
+# CPU threads for generation; by default the machine's physical cores.
 # n_threads = 4
 n_gpu_layers = {local_n_gpu_layers}
 # A llama-cpp-python chat format, overriding the model's own chat template.
@@ -136,6 +136,16 @@ max_queue = {local_max_queue}
 request_timeout = {local_request_timeout}
 # A fixed sampling seed.
 # seed = 42
+# Requests generated at once (slots). Each slot has its own context_size of KV cache, so the
+# cache takes parallel * context_size tokens of memory.
+parallel = {local_parallel}
+# Prompt tokens evaluated per step beside the running streams: a long prompt arriving delays
+# them by about one such chunk.
+prefill_chunk = {local_prefill_chunk}
+# llama.cpp's flash attention; with it an answer does not depend on what the cache held before.
+flash_attention = {local_flash_attention}
+# Seconds a stream whose client reads nothing keeps its slot while other requests wait for one.
+stall_timeout = {local_stall_timeout}
 
 # The upstream: a remote OpenAI-compatible API (OpenAI, vLLM, llama-server, Ollama ...) that the
 # remote backend proxies, used when [local] is absent. ([llm] is accepted as an older name.)

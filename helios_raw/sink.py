@@ -16,16 +16,21 @@ import orjson
 class ChunkSink(abc.ABC):
     """The receiving end of a streamed answer.
 
-    ``send`` and ``send_json`` run on the event loop's thread and never block; ``send_threadsafe``
-    runs on a worker thread and blocks while the consumer is slow. ``await drain()`` waits while
-    the consumer reads slower than it is written to. Once :attr:`closed`, sending is pointless and
-    ``drain`` / ``send_threadsafe`` raise :class:`~helios_raw.cancel.ClientGone`.
+    ``send`` and ``send_json`` run on the event loop's thread and never block. :attr:`paused` says
+    the consumer reads slower than it is written to, and ``await drain()`` waits until it has
+    caught up. Once :attr:`closed`, sending is pointless and ``drain`` raises
+    :class:`~helios_raw.cancel.ClientGone`.
     """
 
     @property
     @abc.abstractmethod
     def closed(self) -> bool:
         """The consumer has gone away."""
+
+    @property
+    def paused(self) -> bool:
+        """The consumer is behind: sending more now only piles it up (safe from any thread)."""
+        return False
 
     @abc.abstractmethod
     def send(self, chunk: dict) -> None:
@@ -34,10 +39,6 @@ class ChunkSink(abc.ABC):
     def send_json(self, data: bytes) -> None:
         """Take one chunk already encoded as JSON (event-loop thread), as relayed from upstream."""
         self.send(orjson.loads(data))
-
-    @abc.abstractmethod
-    def send_threadsafe(self, chunk: dict) -> None:
-        """Take one chunk from a worker thread, in order, blocking while the consumer is slow."""
 
     @abc.abstractmethod
     async def drain(self) -> None:

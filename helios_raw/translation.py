@@ -15,7 +15,6 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
-import threading
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -81,8 +80,7 @@ def answer_of(completion: dict) -> Answer:
 class ChunkTranslator(ChunkSink, abc.ABC):
     """A sink reading chat chunks into :attr:`answer` and calling :meth:`on_text` and
     :meth:`on_tool_call` for each piece as it arrives; the subclass writes its API's events with
-    :meth:`emit`. Chunks may come from the event loop (``send``) or a worker thread
-    (``send_threadsafe``), one at a time and in order; :meth:`emit` writes on the same side.
+    :meth:`emit`. Chunks come on the event loop, one at a time and in order.
 
     The producer of :func:`translated_response` calls :meth:`on_start` first, then runs the
     stream, then :meth:`on_finish`, or :meth:`on_fail` if the stream failed.
@@ -92,7 +90,6 @@ class ChunkTranslator(ChunkSink, abc.ABC):
         self.answer = Answer()
         self.writer: Optional[ResponseWriter] = None
         self._write: Callable[[bytes], None] = lambda data: None
-        self._lock = threading.Lock()
         self._parts: list[str] = []
 
     # -- what subclasses write -----------------------------------------------------------------
@@ -135,17 +132,11 @@ class ChunkTranslator(ChunkSink, abc.ABC):
         return self.writer is None or self.writer.closed
 
     def send(self, chunk: dict) -> None:
-        with self._lock:
-            self._write = self.writer.write
-            self._read(chunk)
+        self._read(chunk)
 
-    def send_threadsafe(self, chunk: dict) -> None:
-        with self._lock:
-            self._write = self.writer.write_threadsafe
-            try:
-                self._read(chunk)
-            finally:
-                self._write = self.writer.write
+    @property
+    def paused(self) -> bool:
+        return self.writer is not None and self.writer.paused
 
     async def drain(self) -> None:
         await self.writer.drain()

@@ -114,6 +114,11 @@ def stream_of(port: int, body: dict) -> list:
     return events
 
 
+def counts(usage: dict) -> tuple:
+    """The token counts of ``usage``; what a cache saved (``cached_tokens``) left aside."""
+    return usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]
+
+
 def streamed_text(events: list) -> str:
     return "".join(e["choices"][0]["delta"].get("content") or "" for e in events
                    if isinstance(e, dict) and e.get("choices"))

@@ -54,8 +54,11 @@ def test_completion_is_an_openai_object_with_real_usage(tiny_server, tokenizer) 
     assert choice["message"]["role"] == "assistant" and choice["message"]["content"]
     assert choice["finish_reason"] == "length"
     prompt = "<|im_start|>user\nhello world<|im_end|>\n<|im_start|>assistant\n"
-    assert data["usage"] == {"prompt_tokens": len(tokenizer(prompt)), "completion_tokens": 12, "total_tokens":
-                             len(tokenizer(prompt)) + 12}
+    usage = data["usage"]
+    assert {k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")} == {
+        "prompt_tokens": len(tokenizer(prompt)), "completion_tokens": 12, "total_tokens": len(tokenizer(prompt)) + 12}
+    assert usage["prompt_tokens_details"]["cached_tokens"] >= 0 and usage["completion_tokens_details"] == {
+        "reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}
     # completion tokens are the model's tokens: re-tokenising the text gives no more than were sampled
     assert len(tokenizer(choice["message"]["content"])) <= 12
 
@@ -186,8 +189,13 @@ def test_prompt_longer_than_the_context_is_a_400(tiny_model_path) -> None:
     with local_server(tiny_model_path, context_size=64) as server:
         error = error_of(post_chat(server.port, chat_body("hello " * 200)), 400, "messages")
         assert error["code"] == "context_length_exceeded"
-        # a prompt that fits leaves the rest of the context to the answer: max_tokens is capped
-        data = completion_of(server.port, chat_body("hello", max_tokens=500))
+        # a max_tokens the context has no room for is refused, as OpenAI does ...
+        error = error_of(post_chat(server.port, chat_body("hello", max_tokens=500)), 400, "max_tokens")
+        assert error["code"] == "context_length_exceeded" and "room for 55 new tokens" in error["message"]
+        # ... while the configured default is capped to the room left
+        body = chat_body("hello")
+        del body["max_tokens"]
+        data = completion_of(server.port, body)
         assert data["choices"][0]["finish_reason"] == "length"
         assert data["usage"]["total_tokens"] == 64
 
@@ -290,22 +298,27 @@ def test_loading_answers_503_and_health_says_so(tiny_model_path) -> None:
     import threading
 
     from helios_raw import Config, Server
-    from tests.support.rawhttp import running
+    from tests.support.rawhttp import Client, running
 
     config = Config()
     config.server.port, config.server.access_log = 0, False
     backend = LocalBackend(LocalConfig(model_path=str(tiny_model_path), model_name="tiny"))
-    # Occupy the model's worker thread first, so that the load queued behind it takes a while.
+    # Hold the engine's thread before it loads, so that loading takes a while.
     release = threading.Event()
-    hold = backend._scheduler._executor.submit(release.wait, 10)
+    load = backend._engine._load
+    backend._engine._load = lambda: (release.wait(10), load())[1]
     with running(Server(config, backend)) as server:
-        facts = health(server)
+        with Client(server.port) as client:  # a load balancer reads the status code
+            client.request("GET", "/health")
+            answer = client.read_response()
+        assert answer.status == 503 and answer.header("retry-after") == "1"
+        facts = answer.json()
         assert facts["status"] == "loading" and facts["backend_state"] == "loading"
+        assert facts["error"]["code"] == "model_loading"
         answer = post_chat(server.port, chat_body())
         error = error_of(answer, 503)
         assert error["code"] == "model_loading" and answer.header("retry-after") == "1"
         release.set()
-        hold.result(10)
         server.call(backend.wait_ready(), 10)
         assert health(server)["status"] == "ok"
         assert completion_of(server.port, chat_body(max_tokens=2))["usage"]["completion_tokens"] == 2

@@ -1,14 +1,14 @@
-"""The local backend keeps its context between requests and evaluates only what a new prompt
-does not share with it; a prompt equal to the context is sampled from the logits kept from the
-last evaluation. None of this may show: every answer must equal a fresh server's answer to the
-same request, whatever was asked before it.
+"""The local backend keeps each slot's cache between requests, sends a request to the free slot
+sharing the longest prefix with its prompt, and evaluates only what the prompt does not share
+with it (at least its last token). None of this may show: every answer must equal a fresh
+server's answer to the same request, whatever was asked before it and whichever slot it lands in.
 
 The sequence below walks through the cases of that reuse on one server: the same prompt again,
-a prompt that is a strict prefix of the context (the context holds an earlier answer too), a
-different prompt sharing a prefix and then the first one again, samplers that must still act on
-kept logits (a logit bias, a grammar, a seeded temperature, logprobs), a stream, and a
-conversation that continues an earlier answer. Each answer is then compared with the answer of a
-server that has served nothing before."""
+a prompt that is a strict prefix of a cache (the cache holds an earlier answer too), a different
+prompt sharing a prefix and then the first one again, samplers that must still act on a reused
+prefix (a logit bias, a grammar, a seeded temperature, logprobs), a stream, and a conversation
+that continues an earlier answer. Each answer is then compared with the answer of a server that
+has served nothing before; only ``cached_tokens`` may differ."""
 
 from __future__ import annotations
 
@@ -60,13 +60,16 @@ def answer(port: int, body: dict) -> dict:
         return {"text": streamed_text(events), "finish": finishes}
     data = completion_of(port, body)
     choice = data["choices"][0]
-    return {"text": choice["message"]["content"], "finish": choice["finish_reason"], "usage": data["usage"],
+    usage = {k: v for k, v in data["usage"].items() if k != "prompt_tokens_details"}
+    return {"text": choice["message"]["content"], "finish": choice["finish_reason"], "usage": usage,
+            "cached": data["usage"]["prompt_tokens_details"]["cached_tokens"],
             "logprobs": (choice.get("logprobs") or {}).get("content")}
 
 
 def same_answer(warm: dict, fresh: dict) -> bool:
-    """Equal, logprobs compared as numbers (the same logits computed in batches of other sizes)."""
-    if {k: v for k, v in warm.items() if k != "logprobs"} != {k: v for k, v in fresh.items() if k != "logprobs"}:
+    """Equal, logprobs compared as numbers, the cache's share of the prompt left aside."""
+    ignored = ("logprobs", "cached")
+    if {k: v for k, v in warm.items() if k not in ignored} != {k: v for k, v in fresh.items() if k not in ignored}:
         return False
     warm_entries, fresh_entries = warm.get("logprobs") or [], fresh.get("logprobs") or []
     if len(warm_entries) != len(fresh_entries):
@@ -87,6 +90,8 @@ def test_answers_equal_a_fresh_servers_whatever_came_before(tiny_model_path) -> 
         warm.append(answer(server.port, follow_up))
         warm.append(answer(server.port, chat_body(KEEPER, max_tokens=1)))
     assert warm[6]["text"] == "Z"
+    # the same prompt again found all of it but its last token in a slot's cache
+    assert warm[1]["cached"] == warm[1]["usage"]["prompt_tokens"] - 1 and warm[0]["cached"] == 0
     assert warm[11]["logprobs"] and len(warm[11]["logprobs"][0]["top_logprobs"]) == 3
     for index, body in enumerate(SEQUENCE + [follow_up, chat_body(KEEPER, max_tokens=1)]):
         with local_server(tiny_model_path) as fresh:

@@ -1,9 +1,9 @@
-"""One model, one generation at a time: the FIFO queue, its bound (429), disconnects, time limits
-and shutdown, over real sockets.
+"""One slot (``parallel = 1``), one generation at a time: the FIFO queue, its bound (429),
+disconnects, time limits and shutdown, over real sockets.
 
 A generation is held without timing tricks by a client that stops reading: once the server has
-had to pause writing to it, the model's worker thread is blocked in flow control and nothing else
-can run until that client reads or leaves."""
+had to pause writing to it, its sequence is paused in its slot, and with one slot nothing else can
+run until that client reads or leaves (``stall_timeout`` is set long enough not to intervene)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ from tests.conftest import (
 from tests.support.rawhttp import TIMEOUT, get
 
 SMALL_BUFFERS = Limits(write_buffer_high=4096, write_buffer_low=1024)
+ONE_SLOT = {"parallel": 1, "stall_timeout": 600.0}
 LONG = chat_body("tell me a story", max_tokens=1800)
 
 
@@ -89,7 +90,7 @@ def available(sock: socket.socket) -> bytes:
 
 @pytest.fixture()
 def server(tiny_model_path):
-    with local_server(tiny_model_path, limits=SMALL_BUFFERS, max_queue=1) as server:
+    with local_server(tiny_model_path, limits=SMALL_BUFFERS, max_queue=1, **ONE_SLOT) as server:
         yield server
 
 
@@ -133,7 +134,7 @@ def test_queue_full_is_429_with_retry_after_and_a_running_stream_is_never_cut(se
 
 
 def test_waiting_requests_run_in_arrival_order(tiny_model_path) -> None:
-    with local_server(tiny_model_path, limits=SMALL_BUFFERS, max_queue=3) as server:
+    with local_server(tiny_model_path, limits=SMALL_BUFFERS, max_queue=3, **ONE_SLOT) as server:
         first = hold_model(server)
         line = []
         for _ in range(3):  # each also a slow reader, so each holds the model in its turn
@@ -167,7 +168,7 @@ def test_a_disconnected_stream_frees_the_model_at_once(server) -> None:
 
 
 def test_a_disconnected_non_streamed_request_frees_the_model(tiny_model_path) -> None:
-    with local_server(tiny_model_path, context_size=16384) as server:
+    with local_server(tiny_model_path, context_size=16384, **ONE_SLOT) as server:
         sock = connect(server.port)
         send_chat(sock, chat_body("tell me a story", max_tokens=16000), stream=False)
         wait_for(lambda: server.backend.generated_tokens > 0, "generation to start")
@@ -186,7 +187,7 @@ def test_a_time_limit_ends_a_generation_with_length(tiny_model_path) -> None:
 
 
 def test_max_queue_zero_refuses_whenever_busy(tiny_model_path) -> None:
-    with local_server(tiny_model_path, limits=SMALL_BUFFERS, max_queue=0) as server:
+    with local_server(tiny_model_path, limits=SMALL_BUFFERS, max_queue=0, **ONE_SLOT) as server:
         holder = hold_model(server)
         try:
             error_of(post_chat(server.port, chat_body()), 429)

@@ -95,7 +95,7 @@ class AgentStream(ChunkStream):
 
     async def run(self, sink: ChunkSink) -> None:
         conversation = self.conversation
-        chunks = ChunkFactory(self.backend.model_id)
+        chunks = ChunkFactory(self.backend.model_id, include_usage=conversation.request.include_usage)
         sink.send(chunks.role())
         while True:
             capture = StepCapture(sink, chunks)

@@ -9,8 +9,7 @@ the inner backend through :meth:`drain` and :attr:`closed`.
 
 from __future__ import annotations
 
-import threading
-from typing import Callable, Optional
+from typing import Optional
 
 import orjson
 
@@ -26,7 +25,6 @@ class StepCapture(ChunkSink):
     def __init__(self, client: ChunkSink, chunks: ChunkFactory) -> None:
         self.client = client
         self.chunks = chunks
-        self._lock = threading.Lock()
         self._text: list[str] = []
         self._calls: dict[int, dict] = {}
         self._finish_reason: Optional[str] = None
@@ -40,7 +38,7 @@ class StepCapture(ChunkSink):
         return self.client.closed
 
     def send(self, chunk: dict) -> None:
-        self._read(chunk, self.client.send)
+        self._read(chunk)
 
     def send_json(self, data: bytes) -> None:
         try:
@@ -48,10 +46,11 @@ class StepCapture(ChunkSink):
         except orjson.JSONDecodeError:
             self._error = {"message": "The model's stream sent a chunk that is not JSON."}
             return
-        self._read(chunk, self.client.send)
+        self._read(chunk)
 
-    def send_threadsafe(self, chunk: dict) -> None:
-        self._read(chunk, self.client.send_threadsafe)
+    @property
+    def paused(self) -> bool:
+        return self.client.paused
 
     async def drain(self) -> None:
         await self.client.drain()
@@ -70,28 +69,27 @@ class StepCapture(ChunkSink):
 
     # -- reading ----------------------------------------------------------------------------
 
-    def _read(self, chunk: dict, forward: Callable[[dict], None]) -> None:
+    def _read(self, chunk: dict) -> None:
         if not isinstance(chunk, dict):
             return
-        with self._lock:
-            if "error" in chunk:
-                error = chunk["error"]
-                self._error = error if isinstance(error, dict) else {"message": str(error)}
-                return
-            if isinstance(chunk.get("usage"), dict):
-                self._usage = chunk["usage"]
-            for choice in chunk.get("choices") or []:
-                if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                    continue
-                delta = choice.get("delta") or {}
-                text = delta.get("content")
-                if isinstance(text, str) and text:
-                    self._text.append(text)
-                    forward(self.chunks.content(text))
-                for piece in delta.get("tool_calls") or []:
-                    self._add_call_delta(piece)
-                if choice.get("finish_reason"):
-                    self._finish_reason = choice["finish_reason"]
+        if "error" in chunk:
+            error = chunk["error"]
+            self._error = error if isinstance(error, dict) else {"message": str(error)}
+            return
+        if isinstance(chunk.get("usage"), dict):
+            self._usage = chunk["usage"]
+        for choice in chunk.get("choices") or []:
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            text = delta.get("content")
+            if isinstance(text, str) and text:
+                self._text.append(text)
+                self.client.send(self.chunks.content(text))
+            for piece in delta.get("tool_calls") or []:
+                self._add_call_delta(piece)
+            if choice.get("finish_reason"):
+                self._finish_reason = choice["finish_reason"]
 
     def _add_call_delta(self, piece: dict) -> None:
         if not isinstance(piece, dict):

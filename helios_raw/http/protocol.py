@@ -164,6 +164,10 @@ class _StreamWriter(ResponseWriter):
     def closed(self) -> bool:  # type: ignore[override]
         return self.protocol.closed or self.protocol.cycle is not self.cycle
 
+    @property
+    def paused(self) -> bool:
+        return self.protocol.flow.paused
+
     def write(self, data: bytes) -> None:
         """Write one piece of the body now (event-loop thread); never blocks, never drops."""
         if self._pending:

@@ -59,6 +59,11 @@ class ResponseWriter:
 
     closed: bool
 
+    @property
+    def paused(self) -> bool:  # pragma: no cover - interface
+        """The client reads slower than it is written to (safe to read from any thread)."""
+        raise NotImplementedError
+
     def write(self, data: bytes) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 

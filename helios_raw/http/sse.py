@@ -47,8 +47,9 @@ class SSESink(ChunkSink):
     def send_json(self, data: bytes) -> None:
         self.writer.write(b"data: " + data + b"\n\n")
 
-    def send_threadsafe(self, chunk: Any) -> None:
-        self.writer.write_threadsafe(sse_frame(chunk))
+    @property
+    def paused(self) -> bool:
+        return self.writer.paused
 
     async def drain(self) -> None:
         await self.writer.drain()

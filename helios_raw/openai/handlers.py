@@ -87,14 +87,20 @@ def require_json(request: Request) -> None:
 
 
 def health_route(backend: Optional["Backend"]):
-    """The inline ``GET /health`` handler: ``{"status": "ok" | "loading" | "error", ...}``."""
+    """The inline ``GET /health`` handler. 200 ``{"status": "ok", ...}`` while the backend serves;
+    503 with ``"status": "loading"`` or ``"error"`` and the OpenAI error object a request would
+    get otherwise, so that load balancers and orchestrators can act on the status code."""
     static = JSONResponse({"status": "ok"})
 
     def health(request: Request) -> Response:
         if backend is None:
             return static
-        state = backend.state
-        status = {"ready": "ok", "loading": "loading"}.get(state, "error")
-        return JSONResponse({"status": status, **backend.health()})
+        facts = backend.health()
+        try:
+            backend.check_request("", False)
+        except APIError as error:
+            status = "loading" if error.code == "model_loading" else "error"
+            return JSONResponse({"status": status, **facts, **error.to_dict()}, error.status, error.headers)
+        return JSONResponse({"status": "ok", **facts})
 
     return health

@@ -11,11 +11,15 @@ COMPLETION_ID_PREFIX = "chatcmpl-"
 TOOL_CALL_ID_PREFIX = "call_"
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
+    """OpenAI's ``usage``, details included; ``cached_tokens`` of the prompt came from a cache."""
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0,
+                                      "rejected_prediction_tokens": 0},
     }
 
 
@@ -52,15 +56,20 @@ def assistant_message(content: Optional[str], tool_calls: Optional[list] = None)
 
 
 class ChunkFactory:
-    """Makes the ``chat.completion.chunk`` objects of one stream (one id, one ``created``)."""
+    """Makes the ``chat.completion.chunk`` objects of one stream (one id, one ``created``).
 
-    __slots__ = ("id", "created", "model", "fingerprint")
+    With ``include_usage`` every chunk carries ``"usage": null`` but the last, :meth:`usage`, as
+    OpenAI sends them when ``stream_options.include_usage`` is set."""
 
-    def __init__(self, model: str, fingerprint: Optional[str] = None, id: Optional[str] = None) -> None:
+    __slots__ = ("id", "created", "model", "fingerprint", "include_usage")
+
+    def __init__(self, model: str, fingerprint: Optional[str] = None, id: Optional[str] = None,
+                 include_usage: bool = False) -> None:
         self.id = id or new_id(COMPLETION_ID_PREFIX)
         self.created = int(time.time())
         self.model = model
         self.fingerprint = fingerprint
+        self.include_usage = include_usage
 
     def chunk(self, delta: dict, finish_reason: Optional[str] = None, logprobs: Optional[dict] = None) -> dict:
         return self._envelope([{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}])
@@ -91,6 +100,8 @@ class ChunkFactory:
         }
         if self.fingerprint is not None:  # OpenAI's schema allows it absent, not null
             chunk["system_fingerprint"] = self.fingerprint
+        if self.include_usage:
+            chunk["usage"] = None
         return chunk
 
 

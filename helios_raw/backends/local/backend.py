@@ -1,16 +1,15 @@
-"""The local backend: a GGUF model run in-process by llama-cpp-python.
+"""The local backend: a GGUF model run in-process by llama.cpp, many requests at once.
 
-One model, one context, one generation at a time (see :mod:`.scheduler`). Loading, tokenising
-and generating run off the event loop: the model loads and generates on the scheduler's worker
-thread; prompts are rendered and tokenised on the loop's default executor (tokenising only reads
-the vocabulary). A streamed answer is written token by token from the worker thread through
-``ChunkSink.send_threadsafe``, which blocks while the client reads slowly, so no token is ever
-dropped; the worker checks the request's ``Cancellation`` before every token (see
-:mod:`.model` for how the context and sampling work).
+A request takes a place in the :class:`~.admission.Admission` line first (429 when it is full,
+before anything costly), then its prompt is rendered and tokenised and its sampler built off the
+event loop (:mod:`.job`), then it waits for a slot and runs as a :class:`~.sequence.Sequence`
+in the :class:`~.engine.Engine`, which decodes every running sequence's next token in one batch.
+A streamed answer's chunks reach the client as the engine makes them; a client that reads slowly
+pauses only its own sequence; a client that leaves frees its slot within one step.
 
 Usage counts come from the model's tokenizer: ``prompt_tokens`` is the rendered prompt's length
-(special tokens included), ``completion_tokens`` the number of tokens sampled, not counting an
-end-of-turn token.
+(special tokens included), ``cached_tokens`` the part of it found in the slot's cache,
+``completion_tokens`` the number of tokens sampled, not counting an end-of-turn token.
 """
 
 from __future__ import annotations
@@ -19,41 +18,30 @@ import asyncio
 import hashlib
 import importlib.util
 import logging
-import os
-import random
 import time
 from pathlib import Path
 from typing import Optional
 
 from ...cancel import Cancellation, ClientGone
 from ...config import LocalConfig
-from ...errors import bad_request, model_unavailable, shutting_down
+from ...errors import APIError, shutting_down
 from ...openai.objects import ChunkFactory, assistant_message, completion, usage
 from ...openai.schema import ChatRequest
 from ...sink import ChunkSink
 from ..base import Backend, BackendError, ChunkStream
+from .admission import Admission, Ticket
 from .chat_formats import ChatFormat
-from .grammars import json_object_grammar, json_schema_grammar, tool_call_grammar
-from .model import (
-    DEFAULT_MIN_P,
-    DEFAULT_REPEAT_PENALTY,
-    DEFAULT_TOP_K,
-    DEFAULT_TOP_P,
-    LLAMA_CPP_MISSING,
-    Job,
-    LoadedModel,
-    Outcome,
-)
+from .engine import Engine
+from .job import Job, make_job, sampler_chain
+from .model import LLAMA_CPP_MISSING, LoadedModel
 from .model_files import expected_model_stem, resolve_model_path
-from .platform import cpu_advertises_amx, model_params
-from .scheduler import Scheduler
-from .text import CollectedText, Emit, ToolCallFilter
+from .sequence import Outcome, Sequence
 
 log = logging.getLogger("helios_raw.local")
 
 
 class LocalBackend(Backend):
-    """Serves one GGUF model (see :class:`~helios_raw.config.LocalConfig`) with llama-cpp-python."""
+    """Serves one GGUF model (see :class:`~helios_raw.config.LocalConfig`) with llama.cpp."""
 
     def __init__(self, config: LocalConfig) -> None:
         super().__init__()
@@ -64,8 +52,10 @@ class LocalBackend(Backend):
         self._model: Optional[LoadedModel] = None
         self._state = "loading"
         self._error: Optional[BackendError] = None
-        self._loading: Optional[asyncio.Future] = None
-        self._scheduler = Scheduler(config.max_queue)
+        self._ready: Optional[asyncio.Future] = None
+        self._admission = Admission(config.parallel, config.max_queue)
+        self._engine = Engine(self._load, config.parallel, config.prefill_chunk, config.stall_timeout,
+                              lambda: self._admission.waiting, self._ended)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -76,227 +66,182 @@ class LocalBackend(Backend):
     @property
     def generated_tokens(self) -> int:
         """Tokens generated since start-up, all requests together, counted as they come."""
-        return self._model.generated_tokens if self._model else 0
+        return self._engine.generated_tokens
 
     @property
     def chat_format(self) -> Optional[ChatFormat]:
         return self._model.format if self._model else None
 
     def health(self) -> dict:
-        facts = {"model": self.model_id, "backend_state": self.state, "queue_waiting": self._scheduler.waiting,
-                 "busy": self._scheduler.busy, "generated_tokens": self.generated_tokens}
+        facts = {"model": self.model_id, "backend_state": self.state, "slots": self.config.parallel,
+                 "slots_busy": self._engine.busy, "queue_waiting": self._admission.waiting,
+                 "busy": self._engine.busy > 0, "generated_tokens": self.generated_tokens}
         if self.chat_format is not None:
             facts["chat_format"] = self.chat_format.name
         return facts
 
     async def start(self) -> None:
-        """Check the model file (``BackendError`` at once if it is unusable), then load it on
-        the worker thread; :attr:`state` is ``"loading"`` until it is ``"ready"`` or ``"failed"``."""
-        if self._loading is not None:
+        """Check the model file (``BackendError`` at once if it is unusable), then load it on the
+        engine's thread; :attr:`state` is ``"loading"`` until it is ``"ready"`` or ``"failed"``."""
+        if self._ready is not None:
             return
         if importlib.util.find_spec("llama_cpp") is None:
             raise BackendError(LLAMA_CPP_MISSING)
-        path = resolve_model_path(self.config)
-        self.model_path = path
+        self.model_path = resolve_model_path(self.config)
         if not self.config.model_name:
-            self.model_id = path.stem
-        self._loading = asyncio.ensure_future(self._scheduler.call(self._load, path))
-        self._loading.add_done_callback(self._loaded)
+            self.model_id = self.model_path.stem
+        self._ready = self._engine.start()
+        self._ready.add_done_callback(self._loaded)
 
     async def wait_ready(self) -> None:
-        if self._loading is None:
+        if self._ready is None:
             raise BackendError("The local backend was never started.")
         try:
-            await asyncio.shield(self._loading)
+            await asyncio.shield(self._ready)
         except Exception:
             pass
         if self._error is not None:
             raise self._error
 
     async def close(self) -> None:
-        """Stop the running generation at its next token, then free the model on the worker
-        thread once that generation has returned."""
-        await self._scheduler.close(self._release)
+        """Turn away waiting requests, end running ones (as shut down), free the model."""
+        self._admission.close()
+        await self._engine.close()
+        self._model = None
+        if self._state != "failed":
+            self._state, self._error = "failed", BackendError("The backend was closed.")
 
-    def _load(self, path: Path) -> "LoadedModel":
+    def _load(self) -> LoadedModel:
+        """Engine thread: load the model and make its context."""
         started = time.perf_counter()
-        try:
-            import llama_cpp
-        except ImportError:
-            raise BackendError(LLAMA_CPP_MISSING) from None
         config = self.config
-        # The prompt is evaluated with as many threads as generation uses (llama-cpp-python would
-        # take every core): on a busy machine, OpenMP threads spinning at barriers for a core
-        # made a 30-token prompt take seconds instead of a third of one.
-        threads = config.n_threads or max(1, (os.cpu_count() or 2) // 2)
-        try:
-            with model_params(use_extra_bufts=not cpu_advertises_amx()):
-                llama = llama_cpp.Llama(
-                    model_path=str(path), n_ctx=config.context_size, n_threads=threads, n_threads_batch=threads,
-                    n_gpu_layers=config.n_gpu_layers, verbose=False,
-                    seed=llama_cpp.LLAMA_DEFAULT_SEED if config.seed is None else config.seed & 0xFFFFFFFF)
-        except Exception as exc:
-            if type(exc).__module__.startswith("jinja2"):
-                raise BackendError(f"The chat template inside {path} is not valid Jinja ({exc}).") from None
-            raise BackendError(
-                f"llama.cpp could not load {path}: the file may be truncated or corrupt, or made for a "
-                "model architecture this llama.cpp build does not know.") from None
-        try:
-            model = LoadedModel(llama_cpp, llama, config.chat_format)
-            model.warm_up()
-        except BaseException:
-            llama.close()
-            raise
-        log.info("model %s loaded from %s in %.2f s (context %d tokens, %d threads); chat format: %s", self.model_id,
-                 path, time.perf_counter() - started, model.n_ctx, threads, model.format.describe())
+        model = LoadedModel(str(self.model_path), config, config.parallel, config.prefill_chunk)
+        log.info("model %s loaded from %s in %.2f s (%d slots of %d tokens, %d threads, flash attention %s); "
+                 "chat format: %s", self.model_id, self.model_path, time.perf_counter() - started, config.parallel,
+                 model.n_ctx, model.threads, "on" if config.flash_attention else "off", model.format.describe())
         return model
 
-    def _loaded(self, future: asyncio.Future) -> None:
-        if future.cancelled():
-            self._state, self._error = "failed", BackendError("Loading the model was cancelled.")
-            return
-        exc = future.exception()
+    def _loaded(self, ready: asyncio.Future) -> None:
+        exc = ready.exception() if not ready.cancelled() else BackendError("Loading the model was cancelled.")
         if exc is None:
-            self._model = future.result()
+            self._model = ready.result()
             size = self.model_path.stat().st_size if self.model_path else 0
             digest = hashlib.sha1(f"{self.model_id}:{size}:{self._model.format.name}".encode()).hexdigest()
             self.fingerprint = "fp_" + digest[:10]
             self._state = "ready"
             return
         self._state = "failed"
-        self._error = exc if isinstance(exc, BackendError) else BackendError(
-            f"Loading the model failed: {type(exc).__name__}: {exc}.")
+        if isinstance(exc, BackendError):
+            self._error = exc
+        elif type(exc).__module__.startswith("jinja2"):
+            self._error = BackendError(f"The chat template inside {self.model_path} is not valid Jinja ({exc}).")
+        else:
+            self._error = BackendError(f"Loading the model failed: {type(exc).__name__}: {exc}.")
         log.error("%s", self._error)
 
-    def _release(self) -> None:
-        model, self._model = self._model, None
-        if model is not None:
-            model.llama.close()
-        if self._state == "ready":
-            self._state = "failed"
-            self._error = BackendError("The backend was closed.")
+    def _ended(self, sequence: Sequence) -> None:
+        self._admission.release(sequence.ticket)
 
     # -- chat completions --------------------------------------------------------------------
 
     async def complete(self, request: ChatRequest, cancel: Cancellation) -> dict:
-        job = await self._prepare(request)
-        ticket = self._scheduler.reserve(cancel)
-        sink = CollectedText()
-        outcome = await self._scheduler.run(ticket, self._generate, job, sink.emit, cancel)
-        if outcome.cancelled:
-            raise ClientGone() if cancel.is_set() else shutting_down()
-        content = None if outcome.tool_calls else "".join(sink.parts)
-        logprobs = {"content": sink.logprobs, "refusal": None} if job.top_logprobs is not None else None
-        return completion(
+        ticket, job, chain = await self._prepare(request, cancel)
+        sequence = Sequence(job, chain, cancel, time.monotonic() + self.config.request_timeout)
+        outcome = await self._run(ticket, sequence)
+        content = None if outcome.tool_calls else "".join(sequence.parts)
+        logprobs = {"content": sequence.logprobs, "refusal": None} if job.top_logprobs is not None else None
+        result = completion(
             self.model_id, assistant_message(content, outcome.tool_calls), outcome.finish_reason,
-            usage(len(job.prompt), outcome.completion_tokens), logprobs=logprobs, fingerprint=self.fingerprint)
+            usage(len(job.prompt), outcome.completion_tokens, outcome.cached_tokens), logprobs=logprobs,
+            fingerprint=self.fingerprint)
+        if outcome.stop is not None:
+            result["choices"][0]["stop_reason"] = outcome.stop
+        return result
 
     async def open_stream(self, request: ChatRequest, cancel: Cancellation) -> ChunkStream:
-        job = await self._prepare(request)
-        ticket = self._scheduler.reserve(cancel)
-        return LocalStream(self, job, ticket, cancel, request.include_usage)
+        ticket, job, chain = await self._prepare(request, cancel)
+        return LocalStream(self, ticket, job, chain, cancel, request.include_usage)
 
-    async def _prepare(self, request: ChatRequest) -> Job:
-        if self._model is None:
-            if self._scheduler.stopping.is_set():
-                raise shutting_down()
-            self.check_request(request.model, False)
-            raise model_unavailable()
-        return await asyncio.get_running_loop().run_in_executor(None, self._job, self._model, request)
-
-    def _job(self, model: "LoadedModel", chat: ChatRequest) -> Job:
-        """Validate what only the model can judge, render and tokenise the prompt (off the loop)."""
-        config = self.config
-        tools = chat.tools if chat.tools and chat.tool_choice != "none" else None
-        job = Job(
-            prompt=[], max_new_tokens=0, stop=list(chat.stop),
-            temperature=config.temperature if chat.temperature is None else chat.temperature,
-            top_p=DEFAULT_TOP_P if chat.top_p is None else chat.top_p,
-            top_k=DEFAULT_TOP_K if chat.top_k is None else chat.top_k,
-            min_p=DEFAULT_MIN_P if chat.min_p is None else chat.min_p,
-            repeat_penalty=DEFAULT_REPEAT_PENALTY if chat.repeat_penalty is None else chat.repeat_penalty,
-            presence_penalty=chat.presence_penalty or 0.0,
-            frequency_penalty=chat.frequency_penalty or 0.0,
-            seed=(chat.seed if chat.seed is not None else config.seed if config.seed is not None
-                  else random.getrandbits(32)) & 0xFFFFFFFF,
-            top_logprobs=(chat.top_logprobs or 0) if chat.logprobs else None,
-        )
-        if chat.logit_bias:
-            bad = [t for t in chat.logit_bias if not 0 <= t < model.n_vocab]
-            if bad:
-                raise bad_request(f"'logit_bias' names token {bad[0]}, but the model's vocabulary has tokens "
-                                  f"0 to {model.n_vocab - 1}.", "logit_bias")
-            job.logit_bias = dict(chat.logit_bias)
-        if tools:
-            job.tool_names = frozenset(t["function"]["name"] for t in tools)
-            choice = chat.tool_choice or "auto"
-            if choice == "auto":
-                job.tool_mode = "auto"
-            else:
-                job.tool_mode = "forced"
-                job.grammar = tool_call_grammar(tools, None if choice == "required" else choice["function"]["name"])
-        response_format = chat.response_format or {"type": "text"}
-        if job.grammar is None and response_format["type"] == "json_object":
-            job.grammar = json_object_grammar()
-        elif job.grammar is None and response_format["type"] == "json_schema":
-            job.grammar = json_schema_grammar(response_format["json_schema"].get("schema") or {"type": "object"})
-        job.prompt = model.prompt_tokens(chat.messages, tools)
-        room = model.n_ctx - len(job.prompt)
-        if room <= 0:
-            raise bad_request(
-                f"The messages take {len(job.prompt)} tokens, but the model's context holds {model.n_ctx}; "
-                "shorten them.", "messages", "context_length_exceeded")
-        job.max_new_tokens = min(chat.max_tokens or config.max_tokens, room)
-        job.stop.extend(s for s in model.text_stops if s not in job.stop)
-        return job
-
-    def _generate(self, job: Job, emit: Emit, cancel: Cancellation) -> Outcome:
-        """Worker thread: generate ``job``, sending text to ``emit`` as it comes."""
+    async def _prepare(self, request: ChatRequest, cancel: Cancellation) -> tuple[Ticket, Job, object]:
+        """A place in line, then the job and its sampler chain (made off the loop)."""
         model = self._model
         if model is None:
-            return Outcome(cancelled=True)
-        tools: Optional[ToolCallFilter] = None
-        if job.tool_mode is not None:
-            tools = ToolCallFilter(emit, job.tool_names, hold_all=job.tool_mode == "forced")
-            emit = tools.emit
-        outcome = model.generate(job, emit, cancel, self._scheduler.stopping, self.config.request_timeout)
-        if tools is not None and not outcome.cancelled:
-            try:
-                outcome.tool_calls = tools.finish()
-            except ClientGone:
-                outcome.cancelled = True
-            if outcome.tool_calls:
-                outcome.finish_reason = "tool_calls"
+            if self._admission.closed:
+                raise shutting_down()
+            self.check_request(request.model, False)
+            raise shutting_down()
+        ticket = self._admission.reserve(cancel)
+        try:
+            return ticket, *await cancel.guard(asyncio.get_running_loop().run_in_executor(
+                None, self._job, model, request))
+        except BaseException:
+            self._admission.release(ticket)
+            raise
+
+    def _job(self, model: LoadedModel, request: ChatRequest) -> tuple[Job, object]:
+        job = make_job(self.config, model, request)
+        return job, sampler_chain(model.lc, model, job)
+
+    async def _run(self, ticket: Ticket, sequence: Sequence) -> Outcome:
+        """Wait for a slot, run ``sequence`` in the engine, and return how it ended (raising
+        what its end means for the client)."""
+        sequence.ticket = ticket
+        try:
+            await self._admission.acquire(ticket)
+        except BaseException:
+            self._free(sequence)
+            raise
+        self._engine.submit(sequence)
+        outcome = await asyncio.shield(sequence.done)
+        if outcome.error is not None:
+            raise outcome.error
+        if outcome.cancelled == "client":
+            raise ClientGone()
+        if outcome.cancelled == "stalled":
+            raise APIError(503, "The client read nothing for too long while others waited for the model; the "
+                           "answer was stopped.", type="server_error", code="client_too_slow")
+        if outcome.cancelled:
+            raise shutting_down()
         return outcome
+
+    def _free(self, sequence: Sequence) -> None:
+        """A sequence that never reached the engine: free its sampler chain."""
+        if sequence.chain is not None and self._model is not None:
+            self._model.lc.llama_sampler_free(sequence.chain)
+            sequence.chain = None
 
 
 class LocalStream(ChunkStream):
-    """A streamed answer: the role chunk at once, then one chunk per generated piece."""
+    """A streamed answer: the role chunk at once, then chunks as the engine makes them."""
 
-    def __init__(self, backend: LocalBackend, job: Job, ticket, cancel: Cancellation, include_usage: bool) -> None:
+    def __init__(self, backend: LocalBackend, ticket: Ticket, job: Job, chain, cancel: Cancellation,
+                 include_usage: bool) -> None:
         self.backend = backend
-        self.job = job
         self.ticket = ticket
+        self.job = job
+        self.chain = chain
         self.cancel = cancel
         self.include_usage = include_usage
+        self._started = False
 
     async def run(self, sink: ChunkSink) -> None:
+        self._started = True
         backend = self.backend
-        factory = ChunkFactory(backend.model_id, backend.fingerprint)
-        sink.send(factory.role())
-        send = sink.send_threadsafe
-        content = factory.content
-        if self.job.top_logprobs is None:
-            def emit(text: str, logprobs: Optional[list]) -> None:
-                send(content(text))
-        else:
-            def emit(text: str, logprobs: Optional[list]) -> None:
-                send(content(text, {"content": logprobs or [], "refusal": None}))
-        outcome: Outcome = await backend._scheduler.run(self.ticket, backend._generate, self.job, emit, self.cancel)
-        if outcome.cancelled:
-            raise ClientGone() if self.cancel.is_set() or sink.closed else shutting_down()
-        if outcome.tool_calls:
-            sink.send(factory.chunk({"tool_calls": [{"index": i, **call} for i, call in enumerate(outcome.tool_calls)]}))
-        sink.send(factory.finish(outcome.finish_reason))
+        chunks = ChunkFactory(backend.model_id, backend.fingerprint, include_usage=self.include_usage)
+        sink.send(chunks.role())
+        sequence = Sequence(self.job, self.chain, self.cancel, time.monotonic() + backend.config.request_timeout,
+                            sink, chunks)
+        outcome = await backend._run(self.ticket, sequence)
+        finish = chunks.finish(outcome.finish_reason)
+        if outcome.stop is not None:
+            finish["choices"][0]["stop_reason"] = outcome.stop
+        sink.send(finish)
         if self.include_usage:
-            sink.send(factory.usage(usage(len(self.job.prompt), outcome.completion_tokens)))
+            sink.send(chunks.usage(usage(len(self.job.prompt), outcome.completion_tokens, outcome.cached_tokens)))
+
+    def __del__(self) -> None:
+        # Never run (its response was never sent): give back the place in line and the sampler.
+        if not self._started:
+            self.backend._admission.release(self.ticket)
+            if self.chain is not None and self.backend._model is not None:
+                self.backend._model.lc.llama_sampler_free(self.chain)

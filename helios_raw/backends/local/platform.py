@@ -1,34 +1,44 @@
-"""Guards for the machine llama.cpp runs on, and model parameters llama-cpp-python does not expose."""
+"""What llama.cpp should know about the machine it runs on."""
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from typing import Any
-
-_PARAMS_LOCK = threading.Lock()
+import os
 
 
-@contextlib.contextmanager
-def model_params(**overrides: Any):
-    """Make ``llama_cpp.Llama()`` load with ``overrides`` of llama.cpp's model parameters (it
-    exposes no argument for them): its ``llama_model_default_params`` is wrapped meanwhile."""
-    import llama_cpp.llama_cpp as bindings
+def physical_cores() -> int:
+    """CPU cores this process may run on, counting each physical core once (as llama.cpp does)."""
+    try:
+        allowed = os.sched_getaffinity(0)
+    except AttributeError:  # pragma: no cover - not Linux
+        allowed = set(range(os.cpu_count() or 1))
+    cores = set()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            processor = package = None
+            for line in f:
+                key, _, value = line.partition(":")
+                key, value = key.strip(), value.strip()
+                if key == "processor":
+                    processor = int(value)
+                elif key == "physical id":
+                    package = value
+                elif key == "core id" and processor in allowed:
+                    cores.add((package, value))
+    except (OSError, ValueError):
+        pass
+    return max(1, min(len(cores) or len(allowed), len(allowed)))
 
-    with _PARAMS_LOCK:
-        defaults = bindings.llama_model_default_params
 
-        def patched():
-            params = defaults()
-            for name, value in overrides.items():
-                setattr(params, name, value)
-            return params
+def quiet_openmp_waits() -> None:
+    """Make llama.cpp's OpenMP threads sleep, not spin, while they wait for each other (unless the
+    user chose a wait policy). Must run before llama.cpp is first imported.
 
-        bindings.llama_model_default_params = patched
-        try:
-            yield
-        finally:
-            bindings.llama_model_default_params = defaults
+    Spinning threads each claim a core between the steps of a decode; when the machine has no
+    core to spare (the event loop's own thread, other processes) a decode waits for the scheduler
+    at every step. Measured on a loaded 2-core machine, 1,800 tokens of the tiny test model took
+    206 s with two spinning threads, 5.2 s with one thread and 3.7 s with two sleeping threads."""
+    if not any(name in os.environ for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")):
+        os.environ["OMP_WAIT_POLICY"] = "passive"
 
 
 def cpu_advertises_amx() -> bool:

@@ -1,0 +1,377 @@
+"""Continuous batching: one thread decodes every active request's next token in one batch.
+
+The engine's thread owns the llama.cpp context (it loads the model, decodes, samples and frees
+it; nothing else touches the context). Each step it:
+
+1. admits the sequences the event loop handed over into free slots: the free slot whose cached
+   tokens share the longest prefix with the prompt (the least recently used among equals), whose
+   cache is cut back to that prefix, so a conversation's next turn evaluates only what is new;
+2. drops the sequences whose client left, and those paused past ``stall_timeout`` while other
+   requests wait for a slot;
+3. builds one batch: the pending token of every generating sequence that is not paused, then
+   prompt tokens of admitted sequences, at most ``chunk`` of them (chunked prefill: a long prompt
+   arriving delays the running streams by about one step);
+4. decodes it, and samples each sequence that has logits with its own sampler chain.
+
+A sequence whose client reads slowly is paused in place: it keeps its slot and its cache, is left
+out of batches, and resumes when the client has drained its output; the others go on. Chunks and
+endings go to the event loop through the :class:`Outbox`, which wakes the loop at most once per
+``FLUSH_INTERVAL`` while output keeps coming (a wake-up costs the engine a GIL round trip).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from typing import Callable, Optional
+
+from ...errors import server_error
+from .model import LoadedModel
+from .sequence import Sequence
+
+log = logging.getLogger("helios_raw.local")
+
+#: Seconds between the loop's collections of output while the engine keeps producing it.
+FLUSH_INTERVAL = 0.001
+#: Seconds an idle engine with paused sequences waits before looking at them again.
+POLL_INTERVAL = 0.05
+_END = object()
+
+
+class Outbox:
+    """What the engine's thread hands to the event loop: each sequence's chunks, then its end.
+
+    On the loop, chunks go to the sequence's sink in order; a sink that falls behind pauses its
+    sequence until it drains. An end resolves ``sequence.done`` and calls ``on_end(sequence)``.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_end: Callable[[Sequence], None],
+                 on_resume: Callable[[], None]) -> None:
+        self.loop = loop
+        self._on_end = on_end
+        self._on_resume = on_resume
+        self._lock = threading.Lock()
+        self._items: list = []
+        self._scheduled = False
+
+    # -- engine thread -----------------------------------------------------------------------
+
+    def put(self, sequence: Sequence, chunk: dict) -> None:
+        self._add(sequence, chunk)
+
+    def end(self, sequence: Sequence) -> None:
+        self._add(sequence, _END)
+
+    def _add(self, sequence: Sequence, item) -> None:
+        with self._lock:
+            self._items.append((sequence, item))
+            schedule, self._scheduled = not self._scheduled, True
+        if schedule:
+            try:
+                self.loop.call_soon_threadsafe(self._flush)
+            except RuntimeError:  # the loop has closed: nobody is left to read
+                pass
+
+    # -- event loop --------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+            if not items:
+                self._scheduled = False
+                return
+        touched = set()
+        for sequence, item in items:
+            if item is _END:
+                if not sequence.done.done():
+                    sequence.done.set_result(sequence.outcome)
+                self._on_end(sequence)
+                continue
+            sink = sequence.sink
+            if sink is not None and not sink.closed:
+                sink.send(item)
+                touched.add(sequence)
+        for sequence in touched:
+            if sequence.sink.paused and not sequence.paused and not sequence.done.done():
+                sequence.paused_since = time.monotonic()
+                sequence.paused = True
+                asyncio.ensure_future(self._resume_when_drained(sequence))
+        self.loop.call_later(FLUSH_INTERVAL, self._flush)
+
+    async def _resume_when_drained(self, sequence: Sequence) -> None:
+        try:
+            await sequence.sink.drain()
+        except Exception:  # the client left: its cancellation ends the sequence
+            pass
+        sequence.paused = False
+        self._on_resume()
+
+
+class Engine:
+    """Runs sequences in ``slots`` parallel slots of one context (see the module docstring).
+
+    ``load()`` makes the :class:`~.model.LoadedModel` on the engine's thread. ``waiting()`` tells
+    how many requests wait for a slot (a stalled sequence gives way only to them).
+    """
+
+    def __init__(self, load: Callable[[], LoadedModel], slots: int, chunk: int, stall_timeout: float,
+                 waiting: Callable[[], int], on_end: Callable[[Sequence], None]) -> None:
+        self.slots = slots
+        self.chunk = chunk
+        self.stall_timeout = stall_timeout
+        self.model: Optional[LoadedModel] = None
+        self._load = load
+        self._waiting = waiting
+        self._on_end = on_end
+        self._wake = threading.Condition()
+        self._incoming: deque[Sequence] = deque()
+        self._stopping = False
+        self._thread: Optional[threading.Thread] = None
+        self._running: list[Optional[Sequence]] = [None] * slots
+        self._cached: list[list[int]] = [[] for _ in range(slots)]
+        self._last_used = [0.0] * slots
+        self._prefilling: deque[Sequence] = deque()
+        self.outbox: Optional[Outbox] = None
+        #: Tokens generated and prompt tokens found in a slot's cache, since start-up.
+        self.generated_tokens = 0
+        self.reused_tokens = 0
+
+    @property
+    def busy(self) -> int:
+        """Slots holding a sequence."""
+        return sum(1 for s in self._running if s is not None)
+
+    # -- event loop --------------------------------------------------------------------------
+
+    def start(self) -> asyncio.Future:
+        """Start the thread; the future resolves once the model is loaded (or fails to)."""
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+        self.outbox = Outbox(loop, self._on_end, self.wake)
+        self._thread = threading.Thread(target=self._run, args=(loop, ready), name="helios-engine", daemon=True)
+        self._thread.start()
+        return ready
+
+    def submit(self, sequence: Sequence) -> None:
+        """Hand over a sequence that holds a slot's place (see :class:`~.admission.Admission`)."""
+        sequence.outbox = self.outbox
+        with self._wake:
+            self._incoming.append(sequence)
+            self._wake.notify()
+
+    def wake(self) -> None:
+        with self._wake:
+            self._wake.notify()
+
+    async def close(self) -> None:
+        """End every sequence (as shut down), free the model on the engine's thread, wait for it."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+
+    # -- engine thread -----------------------------------------------------------------------
+
+    def _run(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future) -> None:
+        try:
+            self.model = self._load()
+            self._warm_up()
+        except BaseException as exc:  # reported to the loop; the thread ends
+            loop.call_soon_threadsafe(_settle, ready, None, exc)
+            return
+        loop.call_soon_threadsafe(_settle, ready, self.model, None)
+        lc, batch = self.model.lc, None
+        try:
+            batch = lc.llama_batch_init(self.model.batch_size, 0, 1)
+            while self._next_work():
+                self._step(batch)
+        except Exception:  # a bug: every sequence gets an error rather than a hang
+            log.exception("the engine failed")
+            self._end_all(error=True)
+        finally:
+            self._end_all()
+            if batch is not None:
+                lc.llama_batch_free(batch)
+            self.model.close()
+
+    def _next_work(self) -> bool:
+        """Wait until something can run; False once stopping."""
+        with self._wake:
+            while True:
+                if self._stopping:
+                    return False
+                while self._incoming:
+                    self._admit(self._incoming.popleft())
+                if self._runnable():
+                    return True
+                self._wake.wait(POLL_INTERVAL if any(self._running) else None)
+                self._drop_finished()
+
+    def _runnable(self) -> bool:
+        self._drop_finished()
+        return any(s is not None and not s.held for s in self._running)
+
+    def _admit(self, sequence: Sequence) -> None:
+        prompt = sequence.job.prompt
+        free = [i for i, s in enumerate(self._running) if s is None]
+        slot = max(free, key=lambda i: (_shared_prefix(self._cached[i], prompt), -self._last_used[i]))
+        reuse = min(_shared_prefix(self._cached[slot], prompt), len(prompt) - 1)
+        lc, model = self.model.lc, self.model
+        if not lc.llama_memory_seq_rm(model.memory, slot, reuse, -1):
+            lc.llama_memory_seq_rm(model.memory, slot, 0, -1)
+            reuse = 0
+        del self._cached[slot][reuse:]
+        sequence.slot = slot
+        sequence.evaluated = sequence.outcome.cached_tokens = reuse
+        self.reused_tokens += reuse
+        self._running[slot] = sequence
+        self._prefilling.append(sequence)
+
+    def _drop_finished(self) -> None:
+        """End the sequences whose client left, and stalled ones another request waits for."""
+        now = time.monotonic()
+        for sequence in self._running:
+            if sequence is None:
+                continue
+            if sequence.cancel.is_set():
+                sequence.outcome.cancelled = "client"
+                self._finish(sequence)
+            elif sequence.paused and now - sequence.paused_since > self.stall_timeout and self._waiting() > 0:
+                sequence.outcome.cancelled = "stalled"
+                self._finish(sequence)
+
+    def _step(self, batch) -> None:
+        model, lc = self.model, self.model.lc
+        rows: list[tuple[Sequence, int]] = []  # (sequence, batch row whose logits it samples)
+        n = 0
+        for sequence in self._running:
+            if sequence is not None and not sequence.held and not sequence.prefilling:
+                _put(batch, n, sequence.token, len(self._cached[sequence.slot]), sequence.slot, True)
+                rows.append((sequence, n))
+                n += 1
+        budget = self.chunk
+        prefills = []
+        for sequence in self._prefilling:
+            if budget <= 0:
+                break
+            prompt, start = sequence.job.prompt, sequence.evaluated
+            end = min(len(prompt), start + budget)
+            for position in range(start, end):
+                _put(batch, n, prompt[position], position, sequence.slot, position == len(prompt) - 1)
+                n += 1
+            if end == len(prompt):
+                rows.append((sequence, n - 1))
+            prefills.append((sequence, start, end))
+            budget -= end - start
+        if n == 0:
+            return
+        batch.n_tokens = n
+        status = lc.llama_decode(model.ctx.ctx, batch)
+        if status != 0:
+            self._fail([s for s, _ in rows] + [s for s, _, _ in prefills], f"llama_decode returned {status}")
+            return
+        for sequence, start, end in prefills:
+            self._cached[sequence.slot].extend(sequence.job.prompt[start:end])
+            sequence.evaluated = end
+            if end == len(sequence.job.prompt):
+                self._prefilling.remove(sequence)
+        for sequence, row in rows:
+            if sequence.token >= 0:
+                self._cached[sequence.slot].append(sequence.token)
+            try:
+                token = lc.llama_sampler_sample(sequence.chain, model.ctx.ctx, row)
+                self.generated_tokens += 1
+                going = sequence.accept(model, token, row)
+            except Exception:
+                log.exception("sampling failed")
+                sequence.outcome.error = server_error("The model failed while generating; see the server log.")
+                going = False
+            if going and len(self._cached[sequence.slot]) >= model.n_ctx:
+                sequence.end("length")
+                going = False
+            if not going:
+                self._finish(sequence)
+
+    def _fail(self, sequences: list[Sequence], reason: str) -> None:
+        log.error("decoding a batch failed (%s); its %d requests end with an error", reason, len(sequences))
+        for sequence in sequences:
+            sequence.outcome.error = server_error("The model failed while generating; see the server log.")
+            self._forget(sequence.slot)
+            self._finish(sequence)
+
+    def _forget(self, slot: int) -> None:
+        self.model.lc.llama_memory_seq_rm(self.model.memory, slot, 0, -1)
+        self._cached[slot].clear()
+
+    def _finish(self, sequence: Sequence) -> None:
+        """Free the sequence's slot and sampler; its end goes to the loop."""
+        if self._running[sequence.slot] is sequence:
+            self._running[sequence.slot] = None
+            self._last_used[sequence.slot] = time.monotonic()
+        if sequence in self._prefilling:
+            self._prefilling.remove(sequence)
+            self._forget(sequence.slot)  # a half-evaluated prompt is of no use to anyone
+        if sequence.chain is not None:
+            self.model.lc.llama_sampler_free(sequence.chain)
+            sequence.chain = None
+        self.outbox.end(sequence)
+
+    def _end_all(self, error: bool = False) -> None:
+        with self._wake:
+            waiting = list(self._incoming)
+            self._incoming.clear()
+        for sequence in [s for s in self._running if s is not None] + waiting:
+            if error:
+                sequence.outcome.error = server_error("The model failed while generating; see the server log.")
+            else:
+                sequence.outcome.cancelled = sequence.outcome.cancelled or "shutdown"
+            if sequence.slot < 0:
+                if sequence.chain is not None:
+                    self.model.lc.llama_sampler_free(sequence.chain)
+                    sequence.chain = None
+                self.outbox.end(sequence)
+            else:
+                self._finish(sequence)
+
+    def _warm_up(self) -> None:
+        """Decode a few tokens and forget them, so the first request does not pay for llama.cpp
+        setting up its compute graphs."""
+        model, lc = self.model, self.model.lc
+        batch = lc.llama_batch_init(8, 0, 1)
+        try:
+            for i in range(8):
+                _put(batch, i, model.bos if model.bos >= 0 else 0, i, 0, i == 7)
+            batch.n_tokens = 8
+            lc.llama_decode(model.ctx.ctx, batch)
+        finally:
+            lc.llama_batch_free(batch)
+        lc.llama_memory_seq_rm(model.memory, 0, 0, -1)
+
+
+def _put(batch, row: int, token: int, position: int, slot: int, logits: bool) -> None:
+    batch.token[row] = token
+    batch.pos[row] = position
+    batch.n_seq_id[row] = 1
+    batch.seq_id[row][0] = slot
+    batch.logits[row] = logits
+
+
+def _shared_prefix(cached: list[int], prompt: list[int]) -> int:
+    n = min(len(cached), len(prompt))
+    i = 0
+    while i < n and cached[i] == prompt[i]:
+        i += 1
+    return i
+
+
+def _settle(future: asyncio.Future, result, error: Optional[BaseException]) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

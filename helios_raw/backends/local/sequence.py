@@ -1,0 +1,143 @@
+"""One request inside the engine: its sampler, its text, its place in a slot, how it ended.
+
+A :class:`Sequence` is made on the event loop, then lives on the engine's thread from admission
+to its end: the engine decodes its prompt, samples each token with the sequence's own sampler
+chain and hands the token to :meth:`Sequence.accept`, which turns it into chunks (streamed) or
+text (collected). Chunks wait in the engine's :class:`~.engine.Outbox` until the loop writes them.
+
+The token last sampled is never decoded: its cache then holds exactly the tokens evaluated, and
+the next request of a conversation finds them there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
+
+from ...cancel import Cancellation
+from ...openai.objects import ChunkFactory
+from ...sink import ChunkSink
+from .calls import CallReader
+from .job import Job
+from .text import TextAssembler
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .engine import Outbox
+    from .model import LoadedModel
+
+
+@dataclass
+class Outcome:
+    """How a generation ended."""
+
+    finish_reason: str = "stop"
+    completion_tokens: int = 0
+    #: Prompt tokens found in the slot's cache (not evaluated again).
+    cached_tokens: int = 0
+    tool_calls: Optional[list] = None
+    #: The client's stop string that ended the answer, if one did.
+    stop: Optional[str] = None
+    #: "client" (it left), "shutdown", "stalled" (it read nothing for too long) or None.
+    cancelled: Optional[str] = None
+    #: An error raised while generating (an APIError for the client).
+    error: Optional[BaseException] = None
+
+
+class Sequence:
+    """See the module docstring. ``sink`` and ``chunks`` are set for a streamed answer."""
+
+    def __init__(self, job: Job, chain, cancel: Cancellation, deadline: float,
+                 sink: Optional[ChunkSink] = None, chunks: Optional[ChunkFactory] = None) -> None:
+        self.job = job
+        self.chain = chain
+        self.cancel = cancel
+        self.deadline = deadline
+        self.sink = sink
+        self.chunks = chunks
+        self.done: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.outcome = Outcome()
+        self.slot = -1
+        #: Prompt tokens in the slot's cache so far (cached or evaluated).
+        self.evaluated = 0
+        #: The token sampled last, not yet decoded (-1 before the first).
+        self.token = -1
+        #: True while its client reads slower than it is written to: the engine skips it.
+        self.paused = False
+        self.paused_since = 0.0
+        self.admitted = time.monotonic()
+        self.first_token_at = 0.0
+        self.parts: list[str] = []  # the text of a collected answer
+        self.logprobs: list = []
+        self.outbox: Optional["Outbox"] = None
+        self.ticket = None  # its place in the admission line, given back when it ends
+        self._text = TextAssembler(job.stop, self._content)
+        self._calls: Optional[CallReader] = None
+        if job.tool_mode is not None:
+            self._calls = CallReader(self._content, self._call_start, self._call_arguments, job.tool_names,
+                                     forced=job.tool_mode == "forced")
+            self._text = TextAssembler(job.stop, self._calls.emit)
+
+    @property
+    def held(self) -> bool:
+        """Left out of batches: its client is behind (seen from the engine's thread too, before
+        the loop has marked it :attr:`paused`)."""
+        return self.paused or (self.sink is not None and self.sink.paused)
+
+    @property
+    def prefilling(self) -> bool:
+        return self.evaluated < len(self.job.prompt)
+
+    # -- engine thread -----------------------------------------------------------------------
+
+    def accept(self, model: "LoadedModel", token: int, row: int) -> bool:
+        """Take the token sampled from batch row ``row``; False once the answer has ended."""
+        piece, is_end = model.piece(token)
+        if not self.first_token_at:
+            self.first_token_at = time.monotonic()
+        if is_end:
+            return self._end("stop")
+        outcome = self.outcome
+        outcome.completion_tokens += 1
+        logprob = None if self.job.top_logprobs is None else model.logprob(row, token, piece, self.job.top_logprobs)
+        if self._text.feed(piece, logprob):
+            stop = self._text.stop
+            outcome.stop = stop if stop in self.job.client_stops else None
+            return self._end("stop")
+        if outcome.completion_tokens >= self.job.max_new_tokens or time.monotonic() > self.deadline:
+            return self._end("length")
+        self.token = token
+        return True
+
+    def end(self, finish_reason: str) -> None:
+        """End the answer now (the context is full), keeping what was generated."""
+        self._end(finish_reason)
+
+    def _end(self, finish_reason: str) -> bool:
+        self._text.flush()
+        if self._calls is not None:
+            calls = self._calls.finish()
+            if calls:
+                self.outcome.tool_calls = calls
+                finish_reason = "tool_calls" if finish_reason == "stop" else finish_reason
+        self.outcome.finish_reason = finish_reason
+        return False
+
+    def _content(self, text: str, logprobs: Optional[list]) -> None:
+        if self.chunks is None:
+            self.parts.append(text)
+            if logprobs:
+                self.logprobs.extend(logprobs)
+            return
+        wrapped = None if self.job.top_logprobs is None else {"content": logprobs or [], "refusal": None}
+        self.outbox.put(self, self.chunks.content(text, wrapped))
+
+    def _call_start(self, index: int, call_id: str, name: str) -> None:
+        if self.chunks is not None:
+            self.outbox.put(self, self.chunks.chunk({"tool_calls": [{
+                "index": index, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}]}))
+
+    def _call_arguments(self, index: int, text: str) -> None:
+        if self.chunks is not None:
+            self.outbox.put(self, self.chunks.chunk({"tool_calls": [{"index": index, "function": {"arguments": text}}]}))
