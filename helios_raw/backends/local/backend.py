@@ -193,6 +193,12 @@ class LocalBackend(Backend):
             raise
         self._engine.submit(sequence)
         outcome = await asyncio.shield(sequence.done)
+        if log.isEnabledFor(logging.DEBUG):
+            first = sequence.first_token_at - sequence.created if sequence.first_token_at else float("nan")
+            log.debug("slot %d: %d prompt tokens (%d cached), first token after %d steps and %.1f ms, %d tokens "
+                      "generated, ended %s", sequence.slot, len(sequence.job.prompt), outcome.cached_tokens,
+                      sequence.first_token_step - sequence.admitted_step, first * 1000, outcome.completion_tokens,
+                      outcome.cancelled or outcome.finish_reason)
         if outcome.error is not None:
             raise outcome.error
         if outcome.cancelled == "client":

@@ -4,8 +4,10 @@ The engine's thread owns the llama.cpp context (it loads the model, decodes, sam
 it; nothing else touches the context). Each step it:
 
 1. admits the sequences the event loop handed over into free slots: the free slot whose cached
-   tokens share the longest prefix with the prompt (the least recently used among equals), whose
-   cache is cut back to that prefix, so a conversation's next turn evaluates only what is new;
+   tokens share the longest prefix with the prompt, if that prefix is at least ``SIMILARITY`` of
+   the prompt (else the least recently used free slot, whose cache is worth least), cut back to
+   that prefix, so a conversation's next turn evaluates only what is new while an unrelated
+   request sharing only the chat template's first tokens leaves it alone;
 2. drops the sequences whose client left, and those paused past ``stall_timeout`` while other
    requests wait for a slot;
 3. builds one batch: the pending token of every generating sequence that is not paused, then
@@ -38,6 +40,8 @@ log = logging.getLogger("helios_raw.local")
 FLUSH_INTERVAL = 0.001
 #: Seconds an idle engine with paused sequences waits before looking at them again.
 POLL_INTERVAL = 0.05
+#: The share of a prompt a slot's cache must hold for the prompt to go to that slot.
+SIMILARITY = 0.5
 _END = object()
 
 
@@ -135,7 +139,8 @@ class Engine:
         self._last_used = [0.0] * slots
         self._prefilling: deque[Sequence] = deque()
         self.outbox: Optional[Outbox] = None
-        #: Tokens generated and prompt tokens found in a slot's cache, since start-up.
+        #: Since start-up: batches decoded, tokens generated, prompt tokens found in a slot's cache.
+        self.steps = 0
         self.generated_tokens = 0
         self.reused_tokens = 0
 
@@ -218,14 +223,18 @@ class Engine:
     def _admit(self, sequence: Sequence) -> None:
         prompt = sequence.job.prompt
         free = [i for i, s in enumerate(self._running) if s is None]
-        slot = max(free, key=lambda i: (_shared_prefix(self._cached[i], prompt), -self._last_used[i]))
-        reuse = min(_shared_prefix(self._cached[slot], prompt), len(prompt) - 1)
+        shared = {i: _shared_prefix(self._cached[i], prompt) for i in free}
+        slot = max(free, key=lambda i: shared[i])
+        if shared[slot] < SIMILARITY * len(prompt):
+            slot = min(free, key=lambda i: self._last_used[i])
+        reuse = min(shared[slot], len(prompt) - 1)
         lc, model = self.model.lc, self.model
         if not lc.llama_memory_seq_rm(model.memory, slot, reuse, -1):
             lc.llama_memory_seq_rm(model.memory, slot, 0, -1)
             reuse = 0
         del self._cached[slot][reuse:]
         sequence.slot = slot
+        sequence.admitted_step = self.steps
         sequence.evaluated = sequence.outcome.cached_tokens = reuse
         self.reused_tokens += reuse
         self._running[slot] = sequence
@@ -270,6 +279,7 @@ class Engine:
         if n == 0:
             return
         batch.n_tokens = n
+        self.steps += 1
         status = lc.llama_decode(model.ctx.ctx, batch)
         if status != 0:
             self._fail([s for s, _ in rows] + [s for s, _, _ in prefills], f"llama_decode returned {status}")
@@ -282,6 +292,8 @@ class Engine:
         for sequence, row in rows:
             if sequence.token >= 0:
                 self._cached[sequence.slot].append(sequence.token)
+            if sequence.first_token_step < 0:
+                sequence.first_token_step = self.steps
             try:
                 token = lc.llama_sampler_sample(sequence.chain, model.ctx.ctx, row)
                 self.generated_tokens += 1

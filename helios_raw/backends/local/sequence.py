@@ -66,8 +66,11 @@ class Sequence:
         #: True while its client reads slower than it is written to: the engine skips it.
         self.paused = False
         self.paused_since = 0.0
-        self.admitted = time.monotonic()
+        self.created = time.monotonic()
         self.first_token_at = 0.0
+        #: The engine's step count when the sequence took its slot, and when it was first sampled.
+        self.admitted_step = -1
+        self.first_token_step = -1
         self.parts: list[str] = []  # the text of a collected answer
         self.logprobs: list = []
         self.outbox: Optional["Outbox"] = None
