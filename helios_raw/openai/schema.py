@@ -340,7 +340,7 @@ def _logit_bias(value: Any) -> Optional[dict[int, float]]:
         raise bad_request(f"'logit_bias' may hold at most {MAX_LOGIT_BIAS} entries; got {len(value)}.", "logit_bias")
     out = {}
     for token, bias in value.items():
-        if not (token.isascii() and token.isdigit() and int(token) <= MAX_TOKEN_ID):
+        if not (token.isascii() and token.isdigit() and len(token) <= 10 and int(token) <= MAX_TOKEN_ID):
             raise bad_request(f"'logit_bias' key {token[:20]!r} is not a token id.", "logit_bias")
         token_id = int(token)
         if isinstance(bias, bool) or not isinstance(bias, Number) or not -100 <= bias <= 100:
