@@ -4,6 +4,7 @@ a separate process, where a crash can't take the test run down)."""
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import subprocess
@@ -12,7 +13,13 @@ import textwrap
 
 import pytest
 
-from helios_raw.backends.local.gbnf import REPEAT_LIMIT, GrammarError, GrammarTooLarge, Rules, integer_range
+from helios_raw.backends.local.gbnf import (
+    REPEAT_LIMIT,
+    GrammarError,
+    GrammarTooLarge,
+    Rules,
+    integer_range,
+)
 from helios_raw.backends.local.gbnf_check import (
     MAX_CHAIN_DEPTH,
     MAX_EXPANDED_RULES,
@@ -24,30 +31,28 @@ from helios_raw.backends.local.gbnf_check import (
 from helios_raw.backends.local.grammars import json_schema_grammar
 
 PROBE = textwrap.dedent("""
-    import sys, threading, llama_cpp
+    import json, sys, threading, llama_cpp
     threading.stack_size(8 << 20)  # the default thread stack on Linux, as the server's worker has
     llama = llama_cpp.Llama(sys.argv[1], vocab_only=True, verbose=False)
-    text = sys.stdin.buffer.read()
-    result = []
-    def load():
-        grammar = llama_cpp.llama_sampler_init_grammar(llama._model.vocab, text, b"root")
-        result.append(bool(grammar))
+    def load(text):
+        grammar = llama_cpp.llama_sampler_init_grammar(llama._model.vocab, text.encode(), b"root")
+        print("loaded" if grammar else "refused", flush=True)
         if grammar:
             llama_cpp.llama_sampler_free(grammar)
-    worker = threading.Thread(target=load)
-    worker.start()
-    worker.join()
-    print("loaded" if result[0] else "refused", flush=True)
+    for text in json.load(sys.stdin):
+        worker = threading.Thread(target=load, args=(text,))
+        worker.start()
+        worker.join()
 """)
 
 
-def llama_loads(model_path, grammar: str) -> str:
-    """'loaded', 'refused', or 'crashed' for ``grammar`` in a fresh process."""
-    done = subprocess.run([sys.executable, "-c", PROBE, str(model_path)], input=grammar.encode(),
+def llama_loads(model_path, *grammars: str) -> list:
+    """'loaded' or 'refused' for each of ``grammars`` in one fresh process, then 'crashed' for
+    the rest if that process dies."""
+    done = subprocess.run([sys.executable, "-c", PROBE, str(model_path)], input=json.dumps(grammars).encode(),
                           capture_output=True, timeout=300)
-    if done.returncode != 0:
-        return "crashed"
-    return done.stdout.decode().strip()
+    results = done.stdout.decode().split()
+    return results + ["crashed"] * (len(grammars) - len(results))
 
 
 REFUSED_BY_LLAMA = {
@@ -60,11 +65,11 @@ REFUSED_BY_LLAMA = {
 }
 
 
-@pytest.mark.parametrize("grammar", REFUSED_BY_LLAMA.values(), ids=REFUSED_BY_LLAMA.keys())
-def test_the_checker_refuses_what_llama_cpp_refuses(tiny_model_path, grammar) -> None:
-    with pytest.raises(GrammarError):
-        check(grammar)
-    assert llama_loads(tiny_model_path, grammar) == "refused"
+def test_the_checker_refuses_what_llama_cpp_refuses(tiny_model_path) -> None:
+    for name, grammar in REFUSED_BY_LLAMA.items():
+        with pytest.raises(GrammarError):
+            check(grammar)
+    assert llama_loads(tiny_model_path, *REFUSED_BY_LLAMA.values()) == ["refused"] * len(REFUSED_BY_LLAMA)
 
 
 def nested_groups(depth: int) -> str:
@@ -90,9 +95,9 @@ def test_grammars_at_the_checkers_limits_load_in_llama_cpp(tiny_model_path) -> N
         "counts": json_schema_grammar({"type": "array", "minItems": 10000, "maxItems": 10000,
                                        "items": {"type": "string", "maxLength": 10000}}),
     }
-    for name, grammar in at_limits.items():
+    for grammar in at_limits.values():
         check(grammar)
-        assert llama_loads(tiny_model_path, grammar) == "loaded", name
+    assert llama_loads(tiny_model_path, *at_limits.values()) == ["loaded"] * len(at_limits)
 
 
 def test_past_the_limits_the_checker_refuses_long_before_llama_cpp_fails(tiny_model_path) -> None:
@@ -104,7 +109,7 @@ def test_past_the_limits_the_checker_refuses_long_before_llama_cpp_fails(tiny_mo
         check(leftmost_chain(MAX_STACK_GROWTH + 1, stacked=True))
     # What the checker guards against: llama.cpp's parser recursing once per group
     # (it fails at ~18,700 nested groups on an 8 MiB stack).
-    assert llama_loads(tiny_model_path, nested_groups(40_000)) == "crashed"
+    assert llama_loads(tiny_model_path, nested_groups(40_000)) == ["crashed"]
 
 
 def test_shared_alternatives_that_would_make_llama_cpp_check_exponentially_are_refused() -> None:

@@ -201,15 +201,7 @@ def _quantify(item: _Item, quantifier: str, name: str) -> int:
 
 def _nullable(rules: dict) -> set:
     """The rules that can match the empty string."""
-    found: set = set()
-    changed = True
-    while changed:
-        changed = False
-        for name, alternatives in rules.items():
-            if name not in found and any(all(_item_nullable(i, found) for i in seq) for seq in alternatives):
-                found.add(name)
-                changed = True
-    return found
+    return _closure(rules, _item_nullable)
 
 
 def _item_nullable(item: _Item, nullable: set) -> bool:
@@ -218,13 +210,17 @@ def _item_nullable(item: _Item, nullable: set) -> bool:
 
 def _productive(rules: dict) -> set:
     """The rules that derive at least one finite string."""
+    return _closure(rules, lambda item, found: item.low == 0 or item.ref is None or item.ref in found)
+
+
+def _closure(rules: dict, holds) -> set:
+    """The rules with an alternative whose every item ``holds(item, found)``, to a fixed point."""
     found: set = set()
     changed = True
     while changed:
         changed = False
         for name, alternatives in rules.items():
-            if name not in found and any(
-                    all(i.low == 0 or i.ref is None or i.ref in found for i in seq) for seq in alternatives):
+            if name not in found and any(all(holds(i, found) for i in seq) for seq in alternatives):
                 found.add(name)
                 changed = True
     return found
