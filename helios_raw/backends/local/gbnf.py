@@ -95,6 +95,7 @@ class Rules:
         self.size = 0
         self._bodies: dict[str, str] = {}
         self._names: dict[str, str] = {}
+        self._taken: dict[str, int] = {}  # the last number given to each base name
 
     def add(self, name: str, body: str) -> str:
         """Define a rule with ``body`` (a name is made unique) and return its name; a body
@@ -104,21 +105,25 @@ class Rules:
         if known is not None:
             return known
         name = self.reserve(name)
-        self.define(name, body)
+        self._set(name, body)
         return name
 
     def reserve(self, name: str) -> str:
         """A fresh rule name for a rule defined later with :meth:`define` (for recursion)."""
         base = _NAME_JUNK.sub("-", name).strip("-")[:40] or "r"
-        candidate, n = base, 1
+        candidate, n = base, self._taken.get(base, 1)
         while candidate in self._bodies:
             n += 1
             candidate = f"{base}-{n}"
+        self._taken[base] = n
         self._bodies[candidate] = ""
         return candidate
 
     def define(self, name: str, body: str) -> None:
-        body = _tidy(body)
+        """Give the reserved rule ``name`` its ``body``."""
+        self._set(name, _tidy(body))
+
+    def _set(self, name: str, body: str) -> None:
         self._bodies[name] = body
         self._names.setdefault(body, name)
         self.charge(1, len(name) + len(body) + 5)

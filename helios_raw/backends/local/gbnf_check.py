@@ -6,23 +6,26 @@ llama-cpp-python 0.3.36, ``src/llama-grammar.cpp``) does and refuses, with
 unbounded time on. What it measures, and the limits, against what was measured on that
 version (a grammar initialised on a Python worker thread with the default 8 MiB stack):
 
-=================================  ===========  ==============================================
-check                              limit        llama.cpp's behaviour
-=================================  ===========  ==============================================
-nesting of parentheses             64           parser recursion: crashes (SIGSEGV) at ~18,700
-leftmost rule chain (the depth of  5,000        recursion in its left-recursion check: crashes
-its left-recursion check)                       between 50,000 and 100,000
-continuations stacked by a chain   500          a stack entry per rule that starts with another
-of rules that start with others                 and continues after it: init time grows with
-                                                the square (10,000: 7 s; 50,000: 283 s)
-calls of that check for one rule   100,000      the check revisits shared rules: exponential
-left recursion                     refused      refused ("left recursion detected")
-``{m,n}`` with m or n > 2,000      refused      m: refused; n: silently made unbounded
-group repeated x rules inside it   2,000        refused (MAX_REPETITION_THRESHOLD)
-rules after expansion of ``{m,n}``  60,000       memory and parse time (~4 us per rule)
-text                               1 MiB        the parser copies and scans it
-undefined rules, no ``root``       refused      refused
-=================================  ===========  ==============================================
+====================================  ========  ============================================
+what is measured                      limit     llama.cpp's behaviour
+====================================  ========  ============================================
+nesting of parentheses                64        its parser recurses per group: SIGSEGV at
+                                                ~18,700 levels
+depth of its left-recursion check     5,000     recursion per rule: SIGSEGV between 50,000
+(rules that start with other rules)             and 100,000
+continuations stacked at a rule's     500       init time grows with the square of it
+start                                           (10,000: 7 s; 50,000: 283 s)
+calls of that check for one rule      100,000   it revisits shared rules: exponential time
+rules once ``{m,n}`` is expanded      60,000    memory, and ~4 us each to parse
+text                                  1 MiB     the parser copies and scans it
+``{m,n}`` with m or n over 2,000      refused   m: refused; n: silently made unbounded
+a repeated group of x rules, x*n      2,000     refused (MAX_REPETITION_THRESHOLD)
+left recursion                        refused   refused
+undefined rules, no ``root``          refused   refused
+a line ending in ``|`` (or empty)     refused   it reads the next rule as part of this one
+unbounded repetition of what can be   refused   accepted (its check only sees rules with a
+empty                                           literally empty alternative)
+====================================  ========  ============================================
 
 It also refuses a grammar whose ``root`` derives no finite string (generation could never end
 in a valid answer). A grammar that passes never makes llama.cpp write its text to the log.
