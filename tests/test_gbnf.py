@@ -169,3 +169,14 @@ def test_describe_is_one_bounded_line() -> None:
     grammar = "root ::= x\n" + "".join(f'r{i} ::= "{"a" * 50}"\n' for i in range(4000))
     line = describe(grammar)
     assert "\n" not in line and len(line) < 200 and "4,001 rules" in line and "bytes" in line
+
+
+def test_grammars_are_reused_for_the_same_schema_and_refusals_are_not_kept() -> None:
+    from helios_raw.errors import APIError
+
+    schema = {"type": "object", "properties": {"b": {"type": "integer"}, "a": {"type": "string"}}}
+    first = json_schema_grammar(schema)
+    assert json_schema_grammar(json.loads(json.dumps(schema))) is first
+    for _ in range(2):
+        with pytest.raises(APIError):
+            json_schema_grammar({"type": "string", "maxLength": 10 ** 6})

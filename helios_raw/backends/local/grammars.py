@@ -14,12 +14,15 @@ Every grammar is built within limits (schema depth and size, counts, the grammar
 and then checked by :func:`~.gbnf_check.check` before it is returned: past a limit, the
 request gets a 400 (code ``schema_too_large``) naming the keyword or the limit, and no grammar
 that llama.cpp would refuse or crash on is ever handed to it. Building a grammar is CPU work
-bounded by those limits; callers run it off the event loop.
+bounded by those limits; callers run it off the event loop. The last 64 grammars built (of up
+to 256 KiB each) are kept and reused for requests with the same schema or tools.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from functools import lru_cache
 from typing import Optional
 
@@ -45,6 +48,11 @@ def json_object_grammar() -> str:
 
 def json_schema_grammar(schema: dict, param: str = "response_format.json_schema.schema") -> str:
     """A grammar for JSON valid against ``schema``; a 400 naming ``param`` if it can't be built."""
+    key = "schema:" + json.dumps(schema, sort_keys=True)
+    return _cache.get(key) or _cache.keep(key, _schema_grammar(schema, param))
+
+
+def _schema_grammar(schema: dict, param: str) -> str:
     rules = _rules()
     try:
         root = Converter(rules, strict=True).document(schema)
@@ -55,6 +63,11 @@ def json_schema_grammar(schema: dict, param: str = "response_format.json_schema.
 
 def tool_call_grammar(tools: list[dict], name: Optional[str] = None) -> str:
     """A grammar for one call of the tool ``name`` (or of any of ``tools`` when None)."""
+    key = "tools:" + json.dumps([name, tools], sort_keys=True)
+    return _cache.get(key) or _cache.keep(key, _tool_grammar(tools, name))
+
+
+def _tool_grammar(tools: list[dict], name: Optional[str]) -> str:
     rules = _rules()
     converter = Converter(rules, strict=False)
     space = "space"
@@ -76,6 +89,35 @@ def tool_call_grammar(tools: list[dict], name: Optional[str] = None) -> str:
         calls.append(rules.add("call", f'"{{" {space} "\\"name\\"" {space} ":" {space} {label} {space} "," {space} '
                                        f'"\\"arguments\\"" {space} ":" {space} {arguments} {space} "}}"'))
     return _finish(rules, " | ".join(calls), "tools")
+
+
+class _Cache:
+    """The most recently built grammars, by their request's schema: a client asking for the
+    same structure again reuses its grammar. Bounded in entries and in bytes."""
+
+    def __init__(self, entries: int, max_bytes: int) -> None:
+        self.entries = entries
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Optional[str]:
+        with self._lock:
+            text = self._items.get(key)
+            if text is not None:
+                self._items.move_to_end(key)
+            return text
+
+    def keep(self, key: str, text: str) -> str:
+        with self._lock:
+            if len(key) + len(text) <= self.max_bytes // self.entries:
+                self._items[key] = text
+                while len(self._items) > self.entries:
+                    self._items.popitem(last=False)
+        return text
+
+
+_cache = _Cache(entries=64, max_bytes=16 << 20)
 
 
 def _rules() -> Rules:

@@ -59,7 +59,7 @@ UNENFORCEABLE = frozenset({
     "patternProperties", "propertyNames", "minProperties", "maxProperties", "uniqueItems", "contains",
     "minContains", "maxContains", "unevaluatedProperties", "unevaluatedItems", "$dynamicRef", "$recursiveRef",
 })
-_COUNTS = ("minItems", "maxItems", "minLength", "maxLength")
+_TYPES = ("null", "boolean", "integer", "number", "string", "array", "object")
 _SPACE = "space"
 _COMMA = f'{_SPACE} "," {_SPACE}'
 
@@ -126,10 +126,9 @@ class Converter:
             kind = implied_type(schema)
             if kind is None:
                 return self.any_value()
-        method = getattr(self, f"_{kind}", None) if isinstance(kind, str) else None
-        if method is None:
+        if kind not in _TYPES:
             raise SchemaError(f"'type' {kind!r} (at {_at(where, 'type')}) is not a JSON Schema type")
-        return method(schema, where, depth)
+        return getattr(self, f"_{kind}")(schema, where, depth)
 
     def _enforceable(self, schema: dict, where: str) -> dict:
         found = [key for key in schema if key in UNENFORCEABLE]
@@ -269,8 +268,8 @@ class Converter:
             value = schema.get(key)
             if value is None or (isinstance(value, bool) and key.startswith("exclusive")):
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise SchemaError(f"'{key}' (at {_at(where, key)}) must be a number")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise SchemaError(f"'{key}' (at {_at(where, key)}) must be a finite number")
             exclusive = key.startswith("exclusive") or schema.get("exclusive" + key[0].upper() + key[1:]) is True
             if key.endswith("inimum"):
                 low = max(low, math.floor(value) + 1 if exclusive else math.ceil(value))

@@ -4,6 +4,7 @@ references, merging schemas that must both hold (``allOf``), and telling a value
 from __future__ import annotations
 
 from typing import Any, Optional
+from urllib.parse import unquote
 
 BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 OBJECT_KEYS = ("properties", "additionalProperties", "required")
@@ -28,7 +29,7 @@ def resolve(document: Any, ref: str) -> Any:
     """The part of ``document`` the local reference ``ref`` (``#``, ``#/a/b``) points to, or None."""
     target = document
     for part in ref[1:].lstrip("/").split("/") if ref not in ("#", "#/") else []:
-        part = part.replace("~1", "/").replace("~0", "~")
+        part = unquote(part).replace("~1", "/").replace("~0", "~")
         if isinstance(target, dict) and part in target:
             target = target[part]
         elif isinstance(target, list) and part.isdigit() and int(part) < len(target):
