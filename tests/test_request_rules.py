@@ -222,3 +222,12 @@ def test_legacy_chunk_shape() -> None:
     assert all("tool_calls" not in d for d in deltas)
     assert kept[-2]["choices"][0]["finish_reason"] == "function_call" and kept[-1]["usage"]["total_tokens"] == 7
     assert stream[1]["choices"][0]["delta"]["tool_calls"][0]["id"] == "call_a"  # the input is left alone
+
+
+def test_an_unanswered_legacy_function_call_is_left_out() -> None:
+    history = [USER, {"role": "assistant", "content": None, "function_call": {"name": "add", "arguments": "{}"}},
+               USER]
+    request = parse_chat_request(with_messages(*history))
+    assert "tool_calls" not in request.messages[1] and "function_call" not in request.messages[1]
+    answered_late = history[:2] + [USER, {"role": "function", "name": "add", "content": "3"}]
+    assert parse_chat_request(with_messages(*answered_late)).messages[3]["role"] == "function"

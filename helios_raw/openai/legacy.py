@@ -50,22 +50,22 @@ def legacy_tools(body: dict) -> tuple[Optional[list], Any]:
 
 
 def legacy_history(messages: list[dict]) -> list[dict]:
-    """``messages`` (validated) with legacy function calls written as tool calls: each
-    assistant ``function_call`` gets an id, and the next ``function`` message answering that
-    name becomes a ``tool`` message carrying it."""
-    pending: dict[str, str] = {}
+    """``messages`` (validated) with legacy function calls written as tool calls: an assistant
+    ``function_call`` answered by the ``function`` message right after it becomes a one-call
+    ``tool_calls``, and that answer a ``tool`` message with the call's id (an unanswered
+    ``function_call`` is left out, as before)."""
     out = []
     for i, message in enumerate(messages):
         call = message.get("function_call")
-        if message["role"] == "assistant" and call is not None and not message.get("tool_calls"):
-            call_id = f"{LEGACY_CALL_ID}{i}"
+        if call is not None:
             message = {k: v for k, v in message.items() if k != "function_call"}
-            message["tool_calls"] = [{"id": call_id, "type": "function", "function": dict(call)}]
-            pending[call["name"]] = call_id
-        elif message["role"] == "function" and message.get("name") in pending:
-            message = {**message, "role": "tool", "tool_call_id": pending.pop(message["name"])}
-        else:
-            message = {k: v for k, v in message.items() if k != "function_call"}
+            following = messages[i + 1] if i + 1 < len(messages) else {}
+            if not message.get("tool_calls") and following.get("role") == "function" \
+                    and following.get("name") == call["name"]:
+                message["tool_calls"] = [{"id": f"{LEGACY_CALL_ID}{i}", "type": "function", "function": dict(call)}]
+        elif message["role"] == "function" and out and out[-1].get("tool_calls", [{}])[0].get("id") == \
+                f"{LEGACY_CALL_ID}{i - 1}":
+            message = {**message, "role": "tool", "tool_call_id": f"{LEGACY_CALL_ID}{i - 1}"}
         out.append(message)
     return out
 
