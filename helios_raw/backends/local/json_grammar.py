@@ -109,6 +109,10 @@ class Converter:
         if not isinstance(schema, dict):
             raise SchemaError(f"{where or 'the schema'} is not a schema object")
         schema = self._enforceable(schema, where)
+        kind = schema.get("type")
+        if kind is not None and not (isinstance(kind, str) or (isinstance(kind, list) and kind
+                                                               and all(isinstance(k, str) for k in kind))):
+            raise SchemaError(f"'type' (at {_at(where, 'type')}) must be a type name or a list of them")
         if "$ref" in schema:
             return self._visit_ref(schema, where, depth)
         if "allOf" in schema:
@@ -119,7 +123,6 @@ class Converter:
             return self._enum(schema, where)
         if "anyOf" in schema or "oneOf" in schema:
             return self._union(schema, where, depth)
-        kind = schema.get("type")
         if isinstance(kind, list):
             return self._alternatives([{**schema, "type": t} for t in kind], _at(where, "type"), depth)
         if kind is None:
@@ -174,6 +177,8 @@ class Converter:
         for i, part in enumerate(parts):
             seen = set()
             while isinstance(part, dict) and "$ref" in part and len(part) == 1:
+                if not isinstance(part["$ref"], str):
+                    raise SchemaError(f"'$ref' (at {where or 'the root'}) must be a string")
                 if part["$ref"] in seen or len(seen) > MAX_SCHEMA_DEPTH:
                     raise SchemaError(f"'allOf' (at {where or 'the root'}) merges a recursive reference")
                 seen.add(part["$ref"])
@@ -329,6 +334,8 @@ class Converter:
             prefix, rest = items, schema.get("additionalItems", True)
         else:
             rest = True if items is None else items
+        if prefix is not None and not isinstance(prefix, list):
+            raise SchemaError(f"'prefixItems' (at {_at(where, 'prefixItems')}) must be an array")
         prefix = list(prefix or [])
         low, high = self._count(schema, "minItems", where) or 0, self._count(schema, "maxItems", where)
         if high is not None:

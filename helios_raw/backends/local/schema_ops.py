@@ -67,7 +67,7 @@ def merge(first: dict, second: dict, where: str) -> dict:
         elif key == "properties" and isinstance(value, dict) and isinstance(merged[key], dict):
             merged[key] = {**merged[key], **{k: ({"allOf": [merged[key][k], v]} if k in merged[key] else v)
                                               for k, v in value.items()}}
-        elif key == "required" and isinstance(value, list) and isinstance(merged[key], list):
+        elif key == "required" and _names(value) and _names(merged[key]):
             merged[key] = list(dict.fromkeys(merged[key] + value))
         elif key in ("minimum", "exclusiveMinimum", "minItems", "minLength") and _numbers(merged[key], value):
             merged[key] = max(merged[key], value)
@@ -81,6 +81,8 @@ def merge(first: dict, second: dict, where: str) -> dict:
 def _common_types(first: Any, second: Any, where: str) -> Any:
     """The types both ``type`` values allow (an integer is a number)."""
     def kinds(value: Any) -> set:
+        if not (isinstance(value, str) or _names(value)):
+            raise MergeError(f"'type' (at {where}) must be a type name or a list of them")
         found = set(value) if isinstance(value, list) else {value}
         return found | {"integer"} if "number" in found else found
     common = kinds(first) & kinds(second)
@@ -89,6 +91,10 @@ def _common_types(first: Any, second: Any, where: str) -> Any:
     if not common:
         raise MergeError(f"the schema at {where} allows no value (its types exclude each other)", empty=True)
     return common.pop() if len(common) == 1 else sorted(common)
+
+
+def _names(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
 def _numbers(*values) -> bool:
