@@ -14,7 +14,7 @@ from helios_raw.openai.legacy import legacy_chunk, legacy_completion
 from helios_raw.openai.limits import MAX_MESSAGES, MAX_PROMPT_BYTES
 from helios_raw.openai.objects import ChunkFactory, assistant_message, completion, usage
 from helios_raw.openai.schema import parse_chat_request
-from tests.conftest import chat_body, completion_of, error_of, post_chat, validate
+from tests.conftest import chat_body, completion_of, error_of, post_chat, stream_of, validate
 
 ADD = {"name": "add", "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}}
 CALL = {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": "{\"a\": 1}"}}
@@ -165,9 +165,18 @@ def test_malformed_legacy_requests_are_refused(tiny_server, fields, param) -> No
 
 def test_a_forced_legacy_function_call_calls_it(tiny_server) -> None:
     body = chat_body(max_tokens=200, functions=[ADD], function_call={"name": "add"})
-    message = completion_of(tiny_server.port, body)["choices"][0]["message"]
-    call = message.get("function_call") or message["tool_calls"][0]["function"]
+    data = completion_of(tiny_server.port, body)
+    message = data["choices"][0]["message"]
+    assert "tool_calls" not in message and data["choices"][0]["finish_reason"] == "function_call"
+    call = message["function_call"]
     assert call["name"] == "add" and isinstance(json.loads(call["arguments"])["a"], int)
+    # streamed: the name in the first fragment, the arguments in pieces, then function_call
+    events = stream_of(tiny_server.port, body)
+    deltas = [e["choices"][0]["delta"] for e in events[:-1] if e["choices"]]
+    calls = [d["function_call"] for d in deltas if "function_call" in d]
+    assert calls[0]["name"] == "add" and not any("tool_calls" in d for d in deltas)
+    assert isinstance(json.loads("".join(c.get("arguments", "") for c in calls))["a"], int)
+    assert events[-2]["choices"][0]["finish_reason"] == "function_call"
 
 
 def test_legacy_history_is_read_as_tool_calls(tiny_server) -> None:

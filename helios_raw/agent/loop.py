@@ -203,7 +203,7 @@ class Conversation:
         return await found.invoke(arguments if isinstance(arguments, str) else "")
 
 
-_REPLACED = ("model", "messages", "stream", "stream_options", "tools", "tool_choice")
+_REPLACED = ("model", "messages", "stream", "stream_options", "tools", "tool_choice", "functions", "function_call")
 
 
 def _call_name(call: dict) -> str:

@@ -34,6 +34,8 @@ class Backend(abc.ABC):
     #: The id listed by ``/v1/models`` and put in every response's ``model``.
     model_id: str = "unknown"
     owned_by: str = "helios_raw"
+    #: Whether the client's request body goes on as sent (to an upstream that then answers it).
+    relays_requests: bool = False
 
     def __init__(self) -> None:
         self.created = int(time.time())

@@ -74,6 +74,7 @@ class RemoteBackend(Backend):
     """
 
     owned_by = "remote"
+    relays_requests = True
 
     def __init__(self, config: RemoteConfig, ssl_context: Optional[ssl.SSLContext] = None) -> None:
         super().__init__()

@@ -11,6 +11,7 @@ from ..errors import APIError, model_not_found, server_error
 from ..http.request import Request
 from ..http.response import JSONResponse, Response
 from ..http.sse import SSESink, sse_response
+from .legacy import LegacySink, legacy_completion
 from .objects import model_object
 from .schema import parse_chat_request
 
@@ -49,13 +50,16 @@ class OpenAIRoutes:
         require_json(request)
         chat = parse_chat_request(request.json())
         self.backend.check_request(chat.model, self.strict_models)
+        # An upstream given the request as sent answers legacy functions in their own shape.
+        legacy = chat.legacy_functions and not self.backend.relays_requests
         if not chat.stream:
-            return JSONResponse(await self.backend.complete(chat, request.cancelled))
+            result = await self.backend.complete(chat, request.cancelled)
+            return JSONResponse(legacy_completion(result) if legacy else result)
         stream = await self.backend.open_stream(chat, request.cancelled)
 
         async def produce(sink: SSESink) -> None:
             try:
-                await stream.run(sink)
+                await stream.run(LegacySink(sink) if legacy else sink)
             except (ClientGone, asyncio.CancelledError):
                 raise
             except APIError as exc:

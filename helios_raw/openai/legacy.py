@@ -19,6 +19,7 @@ import copy
 from typing import Any, Optional
 
 from ..errors import bad_request
+from ..sink import ChunkSink
 
 LEGACY_CALL_ID = "call_function_"
 
@@ -106,3 +107,26 @@ def legacy_chunk(chunk: dict) -> Optional[dict]:
         return None
     chunk["choices"] = kept
     return chunk
+
+
+class LegacySink(ChunkSink):
+    """Passes a stream's chunks on to ``inner`` in the legacy shape (see :func:`legacy_chunk`)."""
+
+    def __init__(self, inner: ChunkSink) -> None:
+        self.inner = inner
+
+    @property
+    def closed(self) -> bool:
+        return self.inner.closed
+
+    @property
+    def paused(self) -> bool:
+        return self.inner.paused
+
+    def send(self, chunk: dict) -> None:
+        legacy = legacy_chunk(chunk)
+        if legacy is not None:
+            self.inner.send(legacy)
+
+    async def drain(self) -> None:
+        await self.inner.drain()

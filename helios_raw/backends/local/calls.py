@@ -126,6 +126,7 @@ class CallReader:
         self._at = 0  # where in _text reading resumes
         self._tagged = False
         self._value: Optional[_ValueEnd] = None  # the current call's arguments, while open
+        self._value_at = 0  # where in _text they begin
         self._logprobs: list = []
 
     def emit(self, text: str, logprobs: Optional[list]) -> None:
@@ -150,8 +151,8 @@ class CallReader:
             for call in calls:
                 self._announce(call["function"]["name"])
                 self._arguments(call["function"]["arguments"])
-        elif self._value is not None and self._value.string:
-            self._arguments(self._text[self._at:])  # cut short inside a string: as it stands
+        elif self._value is not None and self._value.string and not self._value.done:
+            self._arguments(self._text[self._value_at:])  # cut short inside a string: as it stands
         return self.calls
 
     # -- reading -----------------------------------------------------------------------------
@@ -198,23 +199,26 @@ class CallReader:
     def _read_arguments(self) -> bool:
         """Pass on the arguments read so far; True once the value and its call have closed."""
         value = self._value
-        rest = self._text[self._at:]
-        if not value.started:  # the space before the value is not part of it
-            body = rest.lstrip()
-            self._at += len(rest) - len(body)
-            rest = body
-        used = value.feed(rest)
-        if not value.string:
-            self._arguments(rest[:used])
-        self._at += used
         if not value.done:
-            return False
-        if value.string:  # arguments written as a JSON string: decoded, then passed on
-            try:
-                decoded = json.loads(rest[:used])
-            except ValueError:
-                decoded = rest[:used]
-            self._arguments(decoded if isinstance(decoded, str) else json.dumps(decoded))
+            rest = self._text[self._at:]
+            if not value.started:  # the space before the value is not part of it
+                body = rest.lstrip()
+                self._at += len(rest) - len(body)
+                self._value_at = self._at
+                rest = body
+            used = value.feed(rest)
+            if not value.string:
+                self._arguments(rest[:used])
+            self._at += used
+            if not value.done:
+                return False
+            if value.string:  # arguments written as a JSON string: decoded, then passed on
+                source = self._text[self._value_at:self._at]
+                try:
+                    decoded = json.loads(source)
+                except ValueError:
+                    decoded = source
+                self._arguments(decoded if isinstance(decoded, str) else json.dumps(decoded))
         closing = self._text[self._at:].lstrip()
         if not closing:
             return False
