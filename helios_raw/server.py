@@ -73,8 +73,9 @@ class Server:
         #: What this server counts; the backend records into it too (``backend.metrics``).
         self.metrics = Metrics()
         self.metrics_route = MetricsRoute(self.metrics, model_level=self.backend is not None)
-        if self.backend is not None:
-            self.backend.metrics = self.metrics
+        for backend in (self.backend, getattr(self.backend, "inner", None)):  # an agent's model too
+            if backend is not None:
+                backend.metrics = self.metrics
         #: Whether :meth:`start` logs the address and routes (a worker process leaves it to its parent).
         self.announce = True
         self.app = self._build_app()

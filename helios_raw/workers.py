@@ -16,11 +16,11 @@ they serve (say, the backend cannot start), everything stops and the error is re
 A worker whose parent disappears stops gracefully by itself.
 
 Workers are forked, so they inherit the built server (routes, custom endpoint handlers, an
-agent's tools) as it is: POSIX only. Each has its own event loop and backend (the remote
+agent's tools) as it is. Linux only: elsewhere ``SO_REUSEPORT`` does not spread connections. Each has its own event loop and backend (the remote
 backend's connection pool is per worker). A local model is refused: every worker would load its
 own copy of the weights and run its own compute threads on the same cores; one process serving
 concurrent requests from its slots uses memory and cores better. ``/metrics`` covers all workers
-(:mod:`helios_raw.metrics.peers`).
+(:mod:`helios_raw.metrics.peers`, over Unix sockets in a directory only this user can enter).
 """
 
 from __future__ import annotations
@@ -100,6 +100,8 @@ class Supervisor:
     def __init__(self, server: "Server") -> None:
         self.server = server
         self.count = server.config.server.workers
+        if not sys.platform.startswith("linux"):
+            raise ConfigError("Several workers need Linux, whose SO_REUSEPORT spreads connections over them")
         if _serves_local_model(server.backend):
             raise ConfigError(
                 f"{self.count} workers cannot serve a local model: each would load its own copy of it and run "
@@ -275,13 +277,14 @@ class Supervisor:
     async def _serve(self, index: int, channel: socket.socket) -> int:
         server = self.server
         server.http = _SocketServer(server.app, self.sockets[index], server.config.server.limits)
-        peers = Peers(self.directory, index, self.count)
+        peers = Peers(self.directory, index, self.count) if server.config.server.metrics else None
         server.metrics_route.peers = peers
         loop = asyncio.get_running_loop()
         channel.setblocking(False)
         loop.add_reader(channel.fileno(), _watch_parent, channel, loop)
         try:
-            await peers.start(server.metrics_route.snapshot)
+            if peers is not None:
+                await peers.start(server.metrics_route.snapshot)
             await server.run_until_signal(on_ready=lambda: channel.send(b"ready\n"))
             return 0
         except BackendError as exc:
@@ -291,7 +294,8 @@ class Supervisor:
             _report(channel, f"Worker {index} could not serve: {type(exc).__name__}: {exc}")
         finally:
             loop.remove_reader(channel.fileno())
-            await peers.close()
+            if peers is not None:
+                await peers.close()
         return 1
 
 

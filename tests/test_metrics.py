@@ -15,7 +15,6 @@ import contextlib
 import json
 import math
 import socket
-import time
 
 import pytest
 
@@ -32,22 +31,14 @@ from tests.conftest import (
     shrink_server_send_buffer,
     sse_events,
 )
-from tests.support.rawhttp import TIMEOUT, Client, running
+from tests.support.rawhttp import Client, running
 from tests.support.scrape import Scrape, scrape
+from tests.support.waiting import wait_for
 
 CHAT = "/v1/chat/completions"
 ENGINE_NOT_WIRED = "the local engine does not report through Metrics.request() yet"
 REMOTE_NOT_WIRED = "the remote backend does not call Metrics.upstream_error() yet"
 
-
-def wait_for(condition, what: str):
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @contextlib.contextmanager

@@ -11,15 +11,21 @@ long answer), or custom endpoints answering 503 as an instance whose model is lo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
-import time
 from typing import Optional
 
 import pytest
 
-from helios_raw import Config, EndpointBuilder, EndpointResponse, RemoteConfig, ServerBuilder
+from helios_raw import (
+    Config,
+    EndpointBuilder,
+    EndpointResponse,
+    RemoteConfig,
+    ServerBuilder,
+)
 from helios_raw.backends.remote import RemoteBackend
 from helios_raw.cancel import ClientGone
 from helios_raw.errors import model_loading
@@ -29,21 +35,13 @@ from tests.conftest import chat_body, connect, local_server, send_chat
 from tests.support import nginx
 from tests.support.rawhttp import TIMEOUT, Client, build_server, running
 from tests.support.scrape import scrape
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(nginx.BINARY is None, reason="nginx is not installed (apt-get install nginx)")
 
 CHAT = "/v1/chat/completions"
 RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # SO_LINGER on, 0 s: close() sends a reset, as a killed client does
 
-
-def wait_for(condition, what: str, timeout: float = TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class SteppedUpstream:
@@ -137,14 +135,24 @@ def served(instance) -> int:
 # -- streaming -----------------------------------------------------------------------------------
 
 
-def test_each_streamed_event_passes_nginx_before_the_next_exists(tmp_path) -> None:
+@contextlib.contextmanager
+def stream_through_nginx(directory):
+    """A streamed chat request from a client through nginx to helios_raw's remote backend, on
+    to a :class:`SteppedUpstream`: ``(upstream, helios, body)`` once the answer's head is read."""
     upstream = SteppedUpstream()
     with running(upstream) as up, running(proxy_of(up.port)) as helios, \
-            nginx.Nginx(tmp_path, helios.port, helios.port) as front:
+            nginx.Nginx(directory, helios.port, helios.port) as front:
         upstream.thread = up
         sock = connect(front.port)
-        send_chat(sock, {"model": "tiny", "messages": [{"role": "user", "content": "A story."}]})
-        body = Body(sock)
+        try:
+            send_chat(sock, {"model": "tiny", "messages": [{"role": "user", "content": "A story."}]})
+            yield upstream, helios, Body(sock)
+        finally:
+            sock.close()
+
+
+def test_each_streamed_event_passes_nginx_before_the_next_exists(tmp_path) -> None:
+    with stream_through_nginx(tmp_path) as (upstream, _, body):
         assert b"x-accel-buffering" not in body.head.lower()  # nginx acted on it and kept it to itself
         for word in ("Once", " upon", " a", " time"):
             upstream.release(word)
@@ -152,22 +160,15 @@ def test_each_streamed_event_passes_nginx_before_the_next_exists(tmp_path) -> No
             assert b"[DONE]" not in body.until(json.dumps({"content": word}, separators=(",", ":")).encode())
         upstream.release(None)
         assert body.until(b"data: [DONE]\n\n").endswith(b"data: [DONE]\n\n")
-        sock.close()
 
 
 def test_a_client_leaving_nginx_stops_the_upstream_generation(tmp_path) -> None:
-    upstream = SteppedUpstream()
-    with running(upstream) as up, running(proxy_of(up.port)) as helios, \
-            nginx.Nginx(tmp_path, helios.port, helios.port) as front:
-        upstream.thread = up
-        sock = connect(front.port)
-        send_chat(sock, {"model": "tiny", "messages": [{"role": "user", "content": "A story."}]})
-        body = Body(sock)
+    with stream_through_nginx(tmp_path) as (upstream, helios, body):
         upstream.release("Once")
         body.until(b'"content":"Once"')
         assert not upstream.left.is_set()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
-        sock.close()
+        body.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
+        body.sock.close()
         assert upstream.left.wait(TIMEOUT), "the upstream kept generating for a client that left nginx"
         wait_for(lambda: scrape(helios.port).value("helios_requests_cancelled_total", route=CHAT) == 1,
                  "helios_raw to count the cancelled request")

@@ -9,17 +9,17 @@ import re
 import signal
 import socket
 import sys
-import time
 
 import pytest
 
 from benchmarks.load import ServerProcess
 from tests.support.rawhttp import TIMEOUT, Client
 from tests.support.scrape import scrape
+from tests.support.waiting import wait_for
 from tests.support.worker_app import UNREACHABLE
 from tests.test_cli import ENV, ROOT, assert_one_sentence_failure, cli
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="workers are forked: POSIX only")
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="several workers need Linux")
 
 STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
 
@@ -29,15 +29,6 @@ def serve_app(*args: str) -> ServerProcess:
     args = args or ("2",)
     return ServerProcess([sys.executable, "-m", "tests.support.worker_app", "127.0.0.1:0", *args], env=ENV, cwd=ROOT)
 
-
-def wait_for(condition, what: str, timeout: float = TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def workers(server: ServerProcess, count: int = 2) -> dict:
