@@ -187,8 +187,7 @@ class Supervisor:
             for worker in list(self.workers.values()):
                 if worker.channel in readable:
                     worker.read()
-                    if worker.ready and not self.served:
-                        self.served = True
+                    self.served = self.served or worker.ready
 
     def _reap(self) -> None:
         while self.workers:

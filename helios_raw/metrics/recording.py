@@ -122,7 +122,7 @@ class Metrics:
 
     def __init__(self, model_name: str = "") -> None:
         self.model_name = model_name
-        self._lock = lock = threading.Lock()
+        self.lock = lock = threading.Lock()
         self.http_requests = Counter(
             "helios_http_requests_total", "HTTP requests answered, by method, route template and status "
             "(499: the client left before an answer started).", ("method", "route", "status"), lock)
@@ -157,7 +157,6 @@ class Metrics:
                                        ("kind",), lock)
         self._gauges: dict[str, Callable[[], float]] = {}
         self._http: dict[tuple, tuple] = {}
-        self.lock = lock
         self.ttft_series, self.itl_series = self.ttft.cell(), self.itl.cell()
         self.tokens_cell = self.generation_tokens.cell()
         self.model_families = (self.queue_time, self.ttft, self.itl, self.e2e, self.prompt_tokens,
@@ -176,7 +175,7 @@ class Metrics:
                 self.http_requests.cell((method, route, str(status))), self.http_duration.cell((method, route)))
         count, series = cells
         index = bisect_left(HTTP_BUCKETS, seconds)
-        with self._lock:
+        with self.lock:
             count[0] += 1
             series[index] += 1
             series[-1] += seconds
@@ -211,7 +210,7 @@ class Metrics:
         families = [self.http_requests, self.http_duration, self.cancelled, self.upstream_errors]
         if model_level:
             families[3:3] = self.model_families
-        with self._lock:
+        with self.lock:
             out = [_family(f, self.model_name) for f in families]
         if model_level:
             out.extend(self._read_gauges())
