@@ -34,7 +34,8 @@ import time
 
 from helios_raw.app import App
 from helios_raw.http.request import Request
-from helios_raw.metrics import Metrics, access_recorder
+from helios_raw.metrics import Metrics
+from helios_raw.metrics.route import access_recorder
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "metrics_bench.json")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

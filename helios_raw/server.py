@@ -24,7 +24,8 @@ from .config import Config
 from .endpoints import CustomEndpoint, endpoints_from_list
 from .http.limits import Limits
 from .http.server import HTTPServer
-from .metrics import Metrics, MetricsRoute, access_recorder
+from .metrics import Metrics
+from .metrics.route import MetricsRoute, access_recorder
 from .openai.handlers import OpenAIRoutes, health_route
 from .responses import ResponsesRoutes, ResponseStore
 

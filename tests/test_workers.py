@@ -136,6 +136,19 @@ def test_sigterm_lets_requests_in_flight_on_every_worker_finish() -> None:
         assert logged(server, f"worker {index} (pid {pid}) stopped (exited with status 0)")
 
 
+def test_workers_stop_by_themselves_when_their_parent_is_killed() -> None:
+    server = serve_app()
+    try:
+        pids = serving(server)
+        server.process.kill()
+        server.process.wait(TIMEOUT)
+        for pid in pids.values():
+            wait_for(lambda: not _running(pid), f"worker pid {pid} to stop")
+    finally:
+        server.stop()
+    assert logged(server, "[worker 0] shutting down") and logged(server, "[worker 1] shutting down")
+
+
 def test_workers_that_cannot_start_stop_everything_with_one_sentence() -> None:
     server = ServerProcess([sys.executable, "-m", "tests.support.worker_app", "127.0.0.1:0", "2", "10", "broken"],
                            env=ENV, cwd=ROOT)
@@ -170,8 +183,11 @@ def test_a_local_model_is_refused_with_several_workers(tiny_model_path) -> None:
 
 
 @pytest.mark.parametrize("value", ["0", "65"])
-def test_a_worker_count_out_of_range_is_one_sentence(value) -> None:
+def test_a_worker_count_out_of_range_is_one_sentence(value, tmp_path) -> None:
     assert_one_sentence_failure(cli("--no-model", "--workers", value), "--workers must be between 1 and 64")
+    config = tmp_path / "config.toml"
+    config.write_text(f"[server]\nworkers = {value}\n")
+    assert_one_sentence_failure(cli("--no-model", "--config", str(config)), "workers in")
 
 
 def test_a_port_in_use_is_one_sentence_with_workers() -> None:
@@ -181,6 +197,15 @@ def test_a_port_in_use_is_one_sentence_with_workers() -> None:
         port = taken.getsockname()[1]
         assert_one_sentence_failure(cli("--no-model", "--workers", "2", "--bind", f"127.0.0.1:{port}"),
                                     "already in use")
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie nobody has reaped yet has stopped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def _refused(port: int) -> bool:
