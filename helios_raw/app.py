@@ -43,6 +43,8 @@ class App:
         self.cors_any = "*" in origins
         self.cors_origins = {o.rstrip("/").encode("latin-1") for o in origins if o != "*"}
         self.access_log_enabled = access_log_enabled
+        #: Called as ``on_access(request, status, seconds)`` for every answered request (metrics).
+        self.on_access: Optional[Callable[[Request, int, float], None]] = None
         self._renderers: list[tuple[str, ErrorRenderer]] = []
 
     # -- routes ------------------------------------------------------------------------------
@@ -98,6 +100,8 @@ class App:
         return [(b"vary", b"Origin")]
 
     def log_access(self, request: Request, status: int, sent: int, seconds: float) -> None:
+        if self.on_access is not None:
+            self.on_access(request, status, seconds)
         if self.access_log_enabled and access_log.isEnabledFor(logging.INFO):
             client = request.client
             args = (f"{client[0]}:{client[1]}" if client else "-", request.method,

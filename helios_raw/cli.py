@@ -6,7 +6,6 @@ Every failure a user can cause ends with one sentence on stderr and a non-zero e
 from __future__ import annotations
 
 import argparse
-import asyncio
 import errno
 import importlib
 import logging
@@ -17,7 +16,14 @@ from typing import Optional
 from . import __version__
 from .agent import Agent, AgentBackend
 from .backends.base import BackendError
-from .config import Config, ConfigError, LocalConfig, load_config, local_problem
+from .config import (
+    MAX_WORKERS,
+    Config,
+    ConfigError,
+    LocalConfig,
+    load_config,
+    local_problem,
+)
 from .endpoints import endpoints_from_toml
 from .http.router import RouteConflict
 from .server import Server, parse_address
@@ -48,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--agent", metavar="MODULE:OBJECT", help="serve an Agent (or a function returning one) from your code")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="logging level (default info)")
     parser.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="processes sharing the port (remote and agent backends, custom endpoints; default 1)")
+    parser.add_argument("--no-metrics", action="store_true", help="do not serve GET /metrics")
     parser.add_argument("--shutdown-timeout", type=float, metavar="SECONDS",
                         help="on SIGINT/SIGTERM, how long requests in flight may take to finish (default 10)")
     sub = parser.add_subparsers(dest="command")
@@ -73,9 +82,7 @@ def main(argv: Optional[list] = None) -> int:
         agent = _agent_from(args.agent) if args.agent else None
         _choose_backend(args, config)
         backend = AgentBackend(agent, agent.name, config) if agent is not None else None
-        server = Server(config, backend, endpoints)
-        asyncio.run(server.run_until_signal())
-        return 0
+        return Server(config, backend, endpoints).serve()
     except (ConfigError, BackendError, RouteConflict) as exc:
         return _fail(str(exc))
     except OSError as exc:
@@ -121,6 +128,12 @@ def _config_from(args: argparse.Namespace) -> Config:
         server.log_level = args.log_level
     if args.no_access_log:
         server.access_log = False
+    if args.no_metrics:
+        server.metrics = False
+    if args.workers is not None:
+        if not 1 <= args.workers <= MAX_WORKERS:
+            raise ConfigError(f"--workers must be between 1 and {MAX_WORKERS}")
+        server.workers = args.workers
     if args.shutdown_timeout is not None:
         if not args.shutdown_timeout >= 0:
             raise ConfigError("--shutdown-timeout must be a number of seconds, 0 or more")

@@ -17,6 +17,7 @@ else:  # pragma: no cover
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+MAX_WORKERS = 64
 
 
 class ConfigError(Exception):
@@ -40,6 +41,11 @@ class ServerConfig:
     #: (the oldest go first; all are lost on restart), and for how many seconds each.
     responses_store_size: int = 1000
     responses_store_ttl: float = 3600.0
+    #: Serve ``GET /metrics`` (Prometheus text), behind the API key like every route but /health.
+    metrics: bool = True
+    #: Processes sharing the port (the remote and agent backends and custom endpoints; a local
+    #: model is refused: each process would load its own copy).
+    workers: int = 1
 
 
 @dataclass
@@ -174,6 +180,8 @@ def config_from_dict(data: dict, where: str = "the configuration") -> Config:
     if server.responses_store_size < 0 or server.responses_store_ttl <= 0:
         raise ConfigError(f"[server] in {where}: responses_store_size must be 0 or more and responses_store_ttl "
                           "positive.")
+    if not 1 <= server.workers <= MAX_WORKERS:
+        raise ConfigError(f"[server] workers in {where} must be between 1 and {MAX_WORKERS}.")
     if server.log_level not in LOG_LEVELS:
         raise ConfigError(f"[server] log_level in {where} must be one of {', '.join(LOG_LEVELS)}, "
                           f"not {server.log_level!r}.")

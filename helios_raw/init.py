@@ -85,6 +85,11 @@ log_level = {server_log_level}
 # go first; all are lost on restart), and for how many seconds each.
 responses_store_size = {server_responses_store_size}
 responses_store_ttl = {server_responses_store_ttl}
+# Serve GET /metrics (Prometheus text), behind the API key like every route but /health.
+metrics = {server_metrics}
+# Processes sharing the port, for the remote and agent backends and custom endpoints (a local
+# model needs 1: each process would load its own copy).
+workers = {server_workers}
 
 [server.limits]
 # Bytes of a request line plus headers (more is answered 431), and header fields per request.

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from .anthropic import MessagesRoutes
 from .app import App
@@ -24,6 +24,8 @@ from .config import Config
 from .endpoints import CustomEndpoint, endpoints_from_list
 from .http.limits import Limits
 from .http.server import HTTPServer
+from .metrics import Metrics
+from .metrics.route import MetricsRoute, access_recorder
 from .openai.handlers import OpenAIRoutes, health_route
 from .responses import ResponsesRoutes, ResponseStore
 
@@ -69,6 +71,14 @@ class Server:
         self.backend = backend if backend is not None else backend_from_config(self.config)
         self.endpoints = list(endpoints_from_list(self.config.endpoints, "the configuration")) + list(endpoints)
         self.strict_models = self.config.strict_model_names if strict_models is None else strict_models
+        #: What this server counts; the backend records into it too (``backend.metrics``).
+        self.metrics = Metrics()
+        self.metrics_route = MetricsRoute(self.metrics, model_level=self.backend is not None)
+        for backend in (self.backend, getattr(self.backend, "inner", None)):  # an agent's model too
+            if backend is not None:
+                backend.metrics = self.metrics
+        #: Whether :meth:`start` logs the address and routes (a worker process leaves it to its parent).
+        self.announce = True
         self.app = self._build_app()
         server = self.config.server
         self.http = HTTPServer(self.app, server.host, server.port, server.limits)
@@ -84,6 +94,9 @@ class Server:
             MessagesRoutes(self.backend, self.strict_models).install(app)
         for endpoint in self.endpoints:
             endpoint.install(app)
+        if server.metrics:
+            app.add_route("GET", "/metrics", self.metrics_route, description="Prometheus metrics")
+            app.on_access = access_recorder(self.metrics, app.router)
         return app
 
     @property
@@ -95,17 +108,23 @@ class Server:
         If listening fails (say, the port is taken) the backend is closed again."""
         if self.backend is not None:
             await self.backend.start()
+            self.metrics.model_name = self.backend.model_id
         try:
             host, port = await self.http.start()
         except BaseException:
             if self.backend is not None:
                 await self.backend.close()
             raise
-        log.info("listening on http://%s:%d", host if ":" not in host else f"[{host}]", port)
+        if self.announce:
+            self.log_start(host, port)
+        return host, port
+
+    def log_start(self, host: str, port: int, note: str = "") -> None:
+        """Log the address listened on (and ``note``), then every route."""
+        log.info("listening on http://%s:%d%s", host if ":" not in host else f"[{host}]", port, note)
         for route in sorted(self.app.routes, key=lambda r: (r.template, r.method)):
             log.info("route %-6s %s%s", route.method, route.template,
                      f"  ({route.description})" if route.description else "")
-        return host, port
 
     async def stop(self, timeout: Optional[float] = None) -> None:
         """Stop gracefully: requests in flight get up to ``timeout`` seconds (the config's
@@ -114,9 +133,10 @@ class Server:
         if self.backend is not None:
             await self.backend.close()
 
-    async def run_until_signal(self) -> None:
+    async def run_until_signal(self, on_ready: Optional[Callable[[], None]] = None) -> None:
         """Serve until SIGINT or SIGTERM, then stop gracefully. A second signal during the
-        graceful stop is left to Python's default handling: Ctrl-C twice stops at once."""
+        graceful stop is left to Python's default handling: Ctrl-C twice stops at once.
+        ``on_ready()`` is called once the backend serves."""
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
         signals = (signal.SIGINT, signal.SIGTERM)
@@ -133,6 +153,8 @@ class Server:
                     await self.stop(0)
                     raise ready.exception()
                 ready.cancel()
+            if on_ready is not None and not signalled.done():
+                on_ready()
             await signalled
         finally:
             for sig in signals:
@@ -140,9 +162,15 @@ class Server:
         log.info("shutting down")
         await self.stop()
 
-    def serve(self) -> None:
-        """Block serving until SIGINT/SIGTERM."""
+    def serve(self) -> int:
+        """Block serving until SIGINT/SIGTERM, in ``[server] workers`` processes; the exit
+        status (0 after a graceful stop)."""
+        if self.config.server.workers > 1:
+            from .workers import Supervisor
+
+            return Supervisor(self).run()
         asyncio.run(self.run_until_signal())
+        return 0
 
 
 class ServerBuilder:
@@ -185,6 +213,11 @@ class ServerBuilder:
         self._config.server.limits = limits
         return self
 
+    def workers(self, count: int) -> "ServerBuilder":
+        """Serve in ``count`` processes sharing the port (see :mod:`helios_raw.workers`)."""
+        self._config.server.workers = count
+        return self
+
     def endpoint(self, endpoint: CustomEndpoint) -> "ServerBuilder":
         self._endpoints.append(endpoint)
         return self
@@ -196,8 +229,8 @@ class ServerBuilder:
     def build(self) -> Server:
         return Server(self._config, self._backend, self._endpoints, self._strict)
 
-    def serve(self) -> None:
-        self.build().serve()
+    def serve(self) -> int:
+        return self.build().serve()
 
 
 def serve(address: str = "127.0.0.1:8000", backend: Optional[Backend] = None,
