@@ -3,9 +3,9 @@ sockets, after a mixed load on a real server (custom endpoints, the tiny model, 
 counters must add up to what the clients sent and saw.
 
 The model-level families (tokens, time to first token, queue gauges) are filled by the local
-engine and the remote backend through :class:`helios_raw.metrics.Metrics`; the tests of what they
-must report are written against that interface and marked ``xfail(strict=True)`` until the
-backends call it, so that they start failing (and must be unmarked) the day they pass.
+engine and the remote backend through :class:`helios_raw.metrics.Metrics`. A test marked
+``xfail(strict=True)`` is written against that interface for a backend that does not call it yet,
+so that it starts failing (and must be unmarked) the day it passes.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from tests.support.scrape import Scrape, scrape
 from tests.support.waiting import wait_for
 
 CHAT = "/v1/chat/completions"
-ENGINE_NOT_WIRED = "the local engine does not report through Metrics.request() yet"
 REMOTE_NOT_WIRED = "the remote backend does not call Metrics.upstream_error() yet"
 
 
@@ -121,12 +120,9 @@ def test_requests_by_route_and_status_add_up_to_what_was_sent(server) -> None:
     assert http_counts(second) == sent
 
 
-@pytest.mark.xfail(strict=True, reason=ENGINE_NOT_WIRED)
 def test_token_counters_equal_the_usage_the_clients_saw(tiny_model_path) -> None:
-    """Needs the local engine to call ``metrics.request()`` per generation request, then
-    ``started()``, ``token()`` once per token its usage counts, and ``finished(prompt,
-    completion, cached, reason)`` with the numbers it reports as usage; and to report the
-    ``num_requests_running``, ``num_requests_waiting`` and ``kv_cache_usage_perc`` gauges."""
+    """What the local engine counts is what its usage told the clients, request by request; its
+    queue and cache gauges read idle once every answer is done."""
     with model_server(tiny_model_path) as server:
         usages = []
         for stream in (False, True, False, True):

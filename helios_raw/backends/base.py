@@ -13,6 +13,7 @@ import time
 
 from ..cancel import Cancellation
 from ..errors import model_loading, model_not_found, model_unavailable
+from ..metrics import Metrics
 from ..openai.schema import ChatRequest
 from ..sink import ChunkSink
 
@@ -39,6 +40,9 @@ class Backend(abc.ABC):
 
     def __init__(self) -> None:
         self.created = int(time.time())
+        #: Where the backend records what it does; the server gives it its own at construction,
+        #: so read it when serving, never keep it from ``__init__``.
+        self.metrics = Metrics()
 
     @property
     def state(self) -> str:

@@ -25,6 +25,7 @@ from typing import Optional
 from ...cancel import Cancellation, ClientGone
 from ...config import LocalConfig
 from ...errors import APIError, shutting_down
+from ...metrics import RequestMetrics
 from ...openai.objects import ChunkFactory, assistant_message, completion, usage
 from ...openai.schema import ChatRequest
 from ...sink import ChunkSink
@@ -92,6 +93,12 @@ class LocalBackend(Backend):
             self.model_id = self.model_path.stem
         self._ready = self._engine.start()
         self._ready.add_done_callback(self._loaded)
+        engine, admission, metrics = self._engine, self._admission, self.metrics
+        metrics.gauge("num_requests_running", lambda: engine.busy)
+        metrics.gauge("num_requests_waiting", lambda: admission.waiting)
+        metrics.gauge("num_slots", lambda: engine.slots)
+        metrics.gauge("num_slots_in_use", lambda: engine.busy)
+        metrics.gauge("kv_cache_usage_perc", engine.cache_usage)
 
     async def wait_ready(self) -> None:
         if self._ready is None:
@@ -145,8 +152,8 @@ class LocalBackend(Backend):
     # -- chat completions --------------------------------------------------------------------
 
     async def complete(self, request: ChatRequest, cancel: Cancellation) -> dict:
-        ticket, job, chain = await self._prepare(request, cancel)
-        sequence = Sequence(job, chain, cancel, time.monotonic() + self.config.request_timeout)
+        ticket, job, chain, metrics = await self._prepare(request, cancel)
+        sequence = Sequence(job, chain, cancel, time.monotonic() + self.config.request_timeout, metrics)
         outcome = await self._run(ticket, sequence)
         content = None if outcome.tool_calls else "".join(sequence.parts)
         logprobs = {"content": sequence.logprobs, "refusal": None} if job.top_logprobs is not None else None
@@ -159,10 +166,10 @@ class LocalBackend(Backend):
         return result
 
     async def open_stream(self, request: ChatRequest, cancel: Cancellation) -> ChunkStream:
-        ticket, job, chain = await self._prepare(request, cancel)
-        return LocalStream(self, ticket, job, chain, cancel, request.include_usage)
+        ticket, job, chain, metrics = await self._prepare(request, cancel)
+        return LocalStream(self, ticket, job, chain, metrics, cancel, request.include_usage)
 
-    async def _prepare(self, request: ChatRequest, cancel: Cancellation) -> tuple[Ticket, Job, object]:
+    async def _prepare(self, request: ChatRequest, cancel: Cancellation) -> tuple[Ticket, Job, object, RequestMetrics]:
         """A place in line, then the job and its sampler chain (made off the loop)."""
         model = self._model
         if model is None:
@@ -171,9 +178,10 @@ class LocalBackend(Backend):
             self.check_request(request.model, False)
             raise shutting_down()
         ticket = self._admission.reserve(cancel)
+        metrics = self.metrics.request()
         try:
             return ticket, *await cancel.guard(asyncio.get_running_loop().run_in_executor(
-                None, self._job, model, request))
+                None, self._job, model, request)), metrics
         except BaseException:
             self._admission.release(ticket)
             raise
@@ -193,6 +201,8 @@ class LocalBackend(Backend):
             raise
         self._engine.submit(sequence)
         outcome = await asyncio.shield(sequence.done)
+        reason = "error" if outcome.error else "abort" if outcome.cancelled else outcome.finish_reason
+        sequence.metrics.finished(len(sequence.job.prompt), outcome.completion_tokens, outcome.cached_tokens, reason)
         if log.isEnabledFor(logging.DEBUG):
             first = sequence.first_token_at - sequence.created if sequence.first_token_at else float("nan")
             log.debug("slot %d: %d prompt tokens (%d cached), first token after %d steps and %.1f ms, %d tokens "
@@ -220,12 +230,13 @@ class LocalBackend(Backend):
 class LocalStream(ChunkStream):
     """A streamed answer: the role chunk at once, then chunks as the engine makes them."""
 
-    def __init__(self, backend: LocalBackend, ticket: Ticket, job: Job, chain, cancel: Cancellation,
-                 include_usage: bool) -> None:
+    def __init__(self, backend: LocalBackend, ticket: Ticket, job: Job, chain, metrics: RequestMetrics,
+                 cancel: Cancellation, include_usage: bool) -> None:
         self.backend = backend
         self.ticket = ticket
         self.job = job
         self.chain = chain
+        self.metrics = metrics
         self.cancel = cancel
         self.include_usage = include_usage
         self._started = False
@@ -236,7 +247,7 @@ class LocalStream(ChunkStream):
         chunks = ChunkFactory(backend.model_id, backend.fingerprint, include_usage=self.include_usage)
         sink.send(chunks.role())
         sequence = Sequence(self.job, self.chain, self.cancel, time.monotonic() + backend.config.request_timeout,
-                            sink, chunks)
+                            self.metrics, sink, chunks)
         outcome = await backend._run(self.ticket, sequence)
         finish = chunks.finish(outcome.finish_reason)
         if outcome.stop is not None:

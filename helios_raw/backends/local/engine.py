@@ -149,6 +149,14 @@ class Engine:
         """Slots holding a sequence."""
         return sum(1 for s in self._running if s is not None)
 
+    def cache_usage(self) -> float:
+        """The share of the KV cache held by running sequences, from 0 to 1 (the caches of idle
+        slots are kept for reuse but given up to whatever comes)."""
+        if self.model is None:
+            return 0.0
+        used = sum(len(self._cached[s.slot]) for s in list(self._running) if s is not None)
+        return used / (self.model.n_ctx * self.slots)
+
     # -- event loop --------------------------------------------------------------------------
 
     def start(self) -> asyncio.Future:
@@ -235,6 +243,7 @@ class Engine:
         del self._cached[slot][reuse:]
         sequence.slot = slot
         sequence.admitted_step = self.steps
+        sequence.metrics.started()
         sequence.evaluated = sequence.outcome.cached_tokens = reuse
         self.reused_tokens += reuse
         self._running[slot] = sequence

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 from ...cancel import Cancellation
+from ...metrics import RequestMetrics
 from ...openai.objects import ChunkFactory
 from ...sink import ChunkSink
 from .calls import CallReader
@@ -48,10 +49,12 @@ class Outcome:
 class Sequence:
     """See the module docstring. ``sink`` and ``chunks`` are set for a streamed answer."""
 
-    def __init__(self, job: Job, chain, cancel: Cancellation, deadline: float,
+    def __init__(self, job: Job, chain, cancel: Cancellation, deadline: float, metrics: RequestMetrics,
                  sink: Optional[ChunkSink] = None, chunks: Optional[ChunkFactory] = None) -> None:
         self.job = job
         self.chain = chain
+        #: Its life as metrics report it: ``started`` on admission, ``token`` per token.
+        self.metrics = metrics
         self.cancel = cancel
         self.deadline = deadline
         self.sink = sink
@@ -103,6 +106,7 @@ class Sequence:
             return self._end("stop")
         outcome = self.outcome
         outcome.completion_tokens += 1
+        self.metrics.token()
         logprob = None if self.job.top_logprobs is None else model.logprob(row, token, piece, self.job.top_logprobs)
         if self._text.feed(piece, logprob):
             stop = self._text.stop
