@@ -179,11 +179,17 @@ def _choose_backend(args: argparse.Namespace, config: Config) -> None:
 
 
 def _agent_from(spec: str) -> Agent:
+    """The Agent ``spec`` names: an Agent, or a function that returns one when called with nothing."""
     agent = load_object(spec)
     if callable(agent) and not isinstance(agent, Agent):
-        agent = agent()
+        try:
+            agent = agent()
+        except Exception as exc:  # the user's function (or something else callable): say so, no traceback
+            raise ConfigError(f"--agent {spec} is not an Agent, and calling it failed ({type(exc).__name__}: "
+                              f"{exc})") from None
     if not isinstance(agent, Agent):
-        raise ConfigError(f"--agent {spec} is not an Agent (nor a function returning one)")
+        raise ConfigError(f"--agent {spec} is not an Agent (nor a function returning one) but a "
+                          f"{type(agent).__name__}")
     return agent
 
 

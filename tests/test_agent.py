@@ -802,6 +802,14 @@ def make_agent():
 
 
 not_an_agent = 42
+
+
+def needs_arguments(name):
+    return Agent(name)
+
+
+class NotAnAgent:
+    pass
 '''
 
 
@@ -853,6 +861,8 @@ def test_cli_serves_an_agent_from_a_module_over_the_remote_backend(tmp_path: Pat
 def test_cli_rejects_an_object_that_is_not_an_agent(tmp_path: Path) -> None:
     (tmp_path / "weather_agent.py").write_text(AGENT_MODULE)
     for spec, expected in (("weather_agent:not_an_agent", "is not an Agent"),
+                           ("weather_agent:needs_arguments", "calling it failed (TypeError"),
+                           ("weather_agent:NotAnAgent", "but a NotAnAgent"),
                            ("weather_agent:missing", "has no attribute missing"),
                            ("no_such_module:agent", "Cannot import no_such_module")):
         result = subprocess.run([sys.executable, "-m", "helios_raw", "--agent", spec, "--backend", "remote"],
