@@ -24,6 +24,7 @@ from .config import Config
 from .endpoints import CustomEndpoint, endpoints_from_list
 from .http.limits import Limits
 from .http.server import HTTPServer
+from .models import ModelRouter, router_of
 from .openai.handlers import OpenAIRoutes, health_route
 from .responses import ResponsesRoutes, ResponseStore
 
@@ -53,9 +54,11 @@ def parse_address(address: str) -> tuple[str, int]:
 class Server:
     """One configured server.
 
-    ``backend`` None serves the backend ``config`` names (``[local]`` or ``[remote]``), exactly as
-    ``--config`` would; a config that names none serves only ``/health`` and custom endpoints.
-    ``strict_models`` None takes the config's ``strict_model_names``.
+    ``backend`` None serves the models ``config`` names (``[[models]]``, ``[local]`` or
+    ``[remote]``), exactly as ``--config`` would; a config that names none serves only ``/health``
+    and custom endpoints. ``strict_models`` None takes the config's ``strict_model_names``.
+    ``backend`` is always served through a :class:`~helios_raw.models.ModelRouter` (a backend of
+    its own is its one model).
     """
 
     def __init__(
@@ -66,9 +69,13 @@ class Server:
         strict_models: Optional[bool] = None,
     ) -> None:
         self.config = config or Config()
-        self.backend = backend if backend is not None else backend_from_config(self.config)
-        self.endpoints = list(endpoints_from_list(self.config.endpoints, "the configuration")) + list(endpoints)
         self.strict_models = self.config.strict_model_names if strict_models is None else strict_models
+        backend = backend if backend is not None else backend_from_config(self.config)
+        self.backend: Optional[ModelRouter] = None
+        if backend is not None:
+            self.backend = router_of(backend)
+            self.backend.strict = self.strict_models
+        self.endpoints = list(endpoints_from_list(self.config.endpoints, "the configuration")) + list(endpoints)
         self.app = self._build_app()
         server = self.config.server
         self.http = HTTPServer(self.app, server.host, server.port, server.limits)
@@ -80,7 +87,11 @@ class Server:
         if self.backend is not None:
             OpenAIRoutes(self.backend, self.strict_models).install(app)
             store = ResponseStore(server.responses_store_size, server.responses_store_ttl)
-            ResponsesRoutes(self.backend, store, self.strict_models).install(app)
+            # One always-on backend (an upstream, an agent) answers the Responses routes itself, so
+            # that an upstream can take them whole (responses_passthrough).
+            sole = self.backend.slots[0]
+            responses = sole.backend if len(self.backend.slots) == 1 and not sole.loadable else self.backend
+            ResponsesRoutes(responses, store, self.strict_models).install(app)
             MessagesRoutes(self.backend, self.strict_models).install(app)
         for endpoint in self.endpoints:
             endpoint.install(app)
