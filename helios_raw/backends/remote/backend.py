@@ -60,6 +60,7 @@ from ...openai.schema import ChatRequest
 from ..base import Backend, BackendError, ChunkStream
 from . import normalise
 from .catalog import UpstreamCatalog
+from .chunks import ChunkNormaliser
 from .events import EventRelay, RemoteStream
 
 log = logging.getLogger("helios_raw.remote")
@@ -171,7 +172,8 @@ class RemoteBackend(Backend):
     async def embed(self, request: EmbeddingRequest, cancel: Cancellation) -> dict:
         body = {**request.raw, "model": self.upstream_model(request.model)}
         answer, lossy = await cancel.guard(self._answer("/embeddings", body))
-        return normalise.embeddings(normalise.mend_all(answer) if lossy else answer, body["model"])
+        return normalise.embeddings(normalise.mend_all(answer) if lossy else answer, body["model"],
+                                    request.encoding_format)
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -196,7 +198,7 @@ class RemoteBackend(Backend):
         body = self.upstream_body(request)
         response = await self._request("POST", self.base_url + path, orjson.dumps(body), True)
         self._check_event_stream(response)
-        return RemoteStream(response, cancel, self, normalise.ChunkNormaliser(kind, body["model"],
+        return RemoteStream(response, cancel, self, ChunkNormaliser(kind, body["model"],
                                                                               request.include_usage))
 
     async def _answer(self, path: str, body: dict) -> tuple[dict, bool]:

@@ -17,7 +17,8 @@ import time
 from typing import TYPE_CHECKING, Optional
 
 from ...errors import APIError
-from .normalise import decode_json, mend_all, model_object
+from .normalise import model_object
+from .text import decode_json, mend_all
 
 if TYPE_CHECKING:  # pragma: no cover
     from .backend import RemoteBackend

@@ -17,7 +17,8 @@ from ...errors import APIError
 from ...http.client import ClientResponse, HTTPClientError
 from ...sink import ChunkSink
 from ..base import ChunkStream
-from .normalise import ChunkNormaliser, MalformedStream, error_fields, parse_event
+from .chunks import ChunkNormaliser
+from .normalise import MalformedStream, error_fields, parse_event
 
 if TYPE_CHECKING:  # pragma: no cover
     from .backend import RemoteBackend

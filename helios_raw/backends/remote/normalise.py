@@ -8,10 +8,8 @@ id, type and string arguments. What an upstream adds beyond the schema (llama-se
 chunk's ``id`` and ``created`` (llama-server stamps each with the current second), and usage
 comes as OpenAI sends it: alone in a last chunk with empty ``choices``, only when asked for.
 
-Text: an upstream that streams raw bytes split inside a UTF-8 character (or a UTF-16 surrogate
-pair split between events) has the character reassembled from the two events; bytes that never
-complete become U+FFFD. An upstream that already sent U+FFFD in place of split bytes (what
-llama-server's JSON writer does with invalid UTF-8) leaves nothing to repair.
+Text split inside a character between events is reassembled (see :mod:`.text`); streams are
+normalised chunk by chunk (see :mod:`.chunks`).
 
 Errors: an upstream error body in any dialect (OpenAI's, llama-server's and vLLM's whose ``code``
 is the HTTP status as a number, vLLM's flat object, plain text) becomes OpenAI's four fields,
@@ -21,8 +19,8 @@ becomes OpenAI's ``invalid_request_error`` with code ``context_length_exceeded``
 
 from __future__ import annotations
 
-import json
-import re
+import base64
+import struct
 import time
 from typing import Any, Optional
 
@@ -30,6 +28,8 @@ import orjson
 
 from ...errors import APIError
 from ...ids import new_id
+from ...openai.embeddings import encode_base64
+from .text import decode_json, mend, mend_all
 
 FINISH_REASONS = {
     "chat": ("stop", "length", "tool_calls", "content_filter", "function_call"),
@@ -39,8 +39,8 @@ FINISH_REASONS = {
 _FINISH_SYNONYMS = {"eos": "stop", "stop_sequence": "stop", "end_turn": "stop", "max_tokens": "length",
                     "tool_use": "tool_calls", "abort": "stop"}
 SERVICE_TIERS = ("auto", "default", "flex", "scale", "priority", "fast")
-_OBJECTS = {"chat": "chat.completion", "text": "text_completion"}
-_ID_PREFIXES = {"chat": "chatcmpl-", "text": "cmpl-"}
+OBJECTS = {"chat": "chat.completion", "text": "text_completion"}
+ID_PREFIXES = {"chat": "chatcmpl-", "text": "cmpl-"}
 
 
 class MalformedStream(Exception):
@@ -50,19 +50,8 @@ class MalformedStream(Exception):
 # -- decoding ------------------------------------------------------------------------------------
 
 
-def decode_json(data: bytes) -> tuple[Any, bool]:
-    """``(value, lossy)``: the JSON ``data`` holds (ValueError if none). Text that is not valid
-    UTF-8 (raw bytes of a split character) or holds a lone surrogate escape is decoded keeping
-    those pieces as lone surrogates, and ``lossy`` says so: :func:`mend` or
-    :class:`ChunkNormaliser` then turn them into text."""
-    try:
-        return orjson.loads(data), False
-    except orjson.JSONDecodeError:
-        return json.loads(data.decode("utf-8", "surrogateescape")), True
-
-
 def parse_event(name: str, data: bytes) -> tuple[dict, bool]:
-    """``(object, lossy)`` of an event (see :func:`decode_json`); an event that is not a JSON
+    """``(object, lossy)`` of an event (see :func:`~.text.decode_json`); an event that is not a JSON
     object is a :class:`MalformedStream`, or for an ``error`` event a 502 with its text."""
     try:
         obj, lossy = decode_json(data)
@@ -74,49 +63,6 @@ def parse_event(name: str, data: bytes) -> tuple[dict, bool]:
     if not isinstance(obj, dict):
         raise MalformedStream("The upstream sent an event that is not a JSON object.")
     return obj, lossy
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-_ESCAPED_BYTES = re.compile("[\udc80-\udcff]+")
-_ESCAPED_TAIL = re.compile("[\udc80-\udcff]{1,3}$")
-
-
-def mend(text: str) -> str:
-    """``text`` with surrogate pairs joined, raw bytes (kept as lone surrogates) decoded as
-    UTF-8, and whatever is left over replaced by U+FFFD."""
-    if not _SURROGATE.search(text):
-        return text
-    text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
-    text = _ESCAPED_BYTES.sub(lambda m: m.group().encode("utf-8", "surrogateescape").decode("utf-8", "replace"), text)
-    return _SURROGATE.sub("\ufffd", text)
-
-
-def split_incomplete(text: str) -> tuple[str, str]:
-    """``(head, tail)``: ``tail`` is the unfinished character at the end of ``text`` (the first
-    bytes of a UTF-8 sequence, or a high surrogate), kept for the next piece."""
-    if text and "\ud800" <= text[-1] <= "\udbff":
-        return text[:-1], text[-1]
-    found = _ESCAPED_TAIL.search(text)
-    if found is None:
-        return text, ""
-    raw = found.group().encode("utf-8", "surrogateescape")
-    for back in range(1, len(raw) + 1):
-        byte = raw[-back]
-        if byte >= 0xC0:  # a lead byte: does its sequence end past the text?
-            need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
-            return (text[:-back], text[-back:]) if back < need else (text, "")
-    return text, ""
-
-
-def mend_all(node: Any) -> Any:
-    """``node`` with :func:`mend` applied to every string in it."""
-    if isinstance(node, str):
-        return mend(node)
-    if isinstance(node, list):
-        return [mend_all(item) for item in node]
-    if isinstance(node, dict):
-        return {key: mend_all(value) for key, value in node.items()}
-    return node
 
 
 # -- errors --------------------------------------------------------------------------------------
@@ -164,10 +110,10 @@ def completion(obj: dict, kind: str, model: str, lossy: bool = False) -> dict:
     (``lossy``: see :func:`decode_json`)."""
     if lossy:
         obj = mend_all(obj)
-    _envelope(obj, kind, model, _OBJECTS[kind], str(obj.get("id") or new_id(_ID_PREFIXES[kind])), _created(obj))
+    envelope(obj, kind, model, OBJECTS[kind], str(obj.get("id") or new_id(ID_PREFIXES[kind])), created_of(obj))
     choices = [c for c in obj["choices"] if isinstance(c, dict)]
     for index, choice in enumerate(choices):
-        _choice(choice, kind, index)
+        fix_choice(choice, kind, index)
         if kind == "chat":
             choice["message"] = _message(choice.get("message"))
             if choice["message"].get("tool_calls") and choice["finish_reason"] == "stop":
@@ -181,8 +127,10 @@ def completion(obj: dict, kind: str, model: str, lossy: bool = False) -> dict:
     return obj
 
 
-def embeddings(obj: dict, model: str) -> dict:
-    """An embeddings ``list`` object: ``object`` values, ``index`` per item and ``usage``."""
+def embeddings(obj: dict, model: str, encoding_format: str) -> dict:
+    """An embeddings ``list`` object: ``object`` values, ``index`` per item, ``usage``, and each
+    vector in the ``encoding_format`` the client asked for (llama-cpp-python's server, for one,
+    ignores it). One vector per token instead of per input (a model without pooling) is a 502."""
     data = obj.get("data")
     if not isinstance(data, list):
         raise APIError(502, "The upstream answered an embeddings request without a 'data' array.",
@@ -191,14 +139,34 @@ def embeddings(obj: dict, model: str) -> dict:
     obj["data"] = [item for item in data if isinstance(item, dict)]
     for index, item in enumerate(obj["data"]):
         item["object"] = "embedding"
-        if not _is_int(item.get("index")):
+        if not is_int(item.get("index")):
             item["index"] = index
+        item["embedding"] = _vector(item.get("embedding"), encoding_format)
     if not isinstance(obj.get("model"), str):
         obj["model"] = model
     counted = usage(obj.get("usage"))
     prompt_tokens = counted["prompt_tokens"] if counted else 0
     obj["usage"] = {"prompt_tokens": prompt_tokens, "total_tokens": counted["total_tokens"] if counted else 0}
     return obj
+
+
+def _vector(value: Any, encoding_format: str) -> Any:
+    if isinstance(value, str):
+        if encoding_format == "base64":
+            return value
+        try:
+            raw = base64.b64decode(value, validate=True)
+            return list(struct.unpack(f"<{len(raw) // 4}f", raw[:len(raw) // 4 * 4]))
+        except (ValueError, struct.error):
+            pass
+    elif isinstance(value, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
+        return encode_base64(value) if encoding_format == "base64" else value
+    elif isinstance(value, list) and value and all(isinstance(x, list) for x in value):
+        raise APIError(502, "The upstream answered with one vector per token instead of one per input: its model "
+                            "pools no embeddings (use an embedding model, or one with a pooling type).",
+                       type="server_error", code="bad_gateway")
+    raise APIError(502, "The upstream answered with an embedding that is not a vector of numbers.",
+                   type="server_error", code="bad_gateway")
 
 
 def model_object(obj: dict, created: int, owned_by: str) -> Optional[dict]:
@@ -209,14 +177,14 @@ def model_object(obj: dict, created: int, owned_by: str) -> Optional[dict]:
     if not isinstance(model_id, str) or not model_id:
         return None
     obj["object"] = "model"
-    if not _is_int(obj.get("created")):
+    if not is_int(obj.get("created")):
         obj["created"] = created
     if not isinstance(obj.get("owned_by"), str):
         obj["owned_by"] = owned_by
     meta = obj.get("meta")
     for length in (obj.get("context_length"), obj.get("max_model_len"),
                    meta.get("n_ctx") if isinstance(meta, dict) else None):
-        if _is_int(length) and length > 0:
+        if is_int(length) and length > 0:
             obj["context_length"] = length
             break
     else:
@@ -230,151 +198,25 @@ def usage(value: Any) -> Optional[dict]:
     if not isinstance(value, dict):
         return None
     prompt, completion_ = value.get("prompt_tokens"), value.get("completion_tokens")
-    if not _is_int(prompt) and not _is_int(completion_):
+    if not is_int(prompt) and not is_int(completion_):
         return None
-    value["prompt_tokens"] = prompt if _is_int(prompt) else 0
-    value["completion_tokens"] = completion_ if _is_int(completion_) else 0
-    if not _is_int(value.get("total_tokens")):
+    value["prompt_tokens"] = prompt if is_int(prompt) else 0
+    value["completion_tokens"] = completion_ if is_int(completion_) else 0
+    if not is_int(value.get("total_tokens")):
         value["total_tokens"] = value["prompt_tokens"] + value["completion_tokens"]
     for key in ("prompt_tokens_details", "completion_tokens_details"):
         if key in value:
             details = value[key]
-            if isinstance(details, dict) and all(_is_int(v) for v in details.values()):
+            if isinstance(details, dict) and all(is_int(v) for v in details.values()):
                 continue
             del value[key]
     return value
 
 
-# -- streams -------------------------------------------------------------------------------------
-
-
-class ChunkNormaliser:
-    """Normalises the chunks of one stream (``kind`` "chat" or "text"); see the module docstring.
-
-    :meth:`chunk` takes each upstream chunk and returns the chunks to send (none, one, or two when
-    a usage riding on a choice is moved to a chunk of its own); :meth:`finish` returns what the end
-    of the stream still owes: text held back for an unfinished character, and the usage chunk.
-    """
-
-    def __init__(self, kind: str, model: str, include_usage: bool) -> None:
-        self.kind = kind
-        self.model = model
-        self.include_usage = include_usage
-        self.id: Optional[str] = None
-        self.created = 0
-        self.fingerprint: Optional[str] = None
-        self.usage: Optional[dict] = None
-        self.usage_sent = False
-        self._held: dict[tuple, str] = {}  # (choice index, field) -> unfinished character
-        self._offsets: dict[int, int] = {}  # choice index -> text length so far (text logprobs)
-        self._lossy = False
-
-    def chunk(self, obj: dict, lossy: bool = False) -> list:
-        self._lossy = lossy
-        if self.id is None:
-            self.id = str(obj.get("id") or new_id(_ID_PREFIXES[self.kind]))
-            self.created = _created(obj)
-        _envelope(obj, self.kind, self.model, _OBJECTS[self.kind] + ("" if self.kind == "text" else ".chunk"),
-                  self.id, self.created)
-        self.fingerprint = obj.get("system_fingerprint", self.fingerprint)
-        found = usage(obj.pop("usage", None))
-        out = []
-        choices = [c for c in obj["choices"] if isinstance(c, dict)]
-        for position, choice in enumerate(choices):
-            _choice(choice, self.kind, position)
-            self._text_of(choice)
-        obj["choices"] = choices
-        if choices or found is None:
-            out.append(self._clean(obj))
-        if found is not None:
-            self.usage = found
-            if not choices:
-                out.extend(self._usage_chunk(obj))
-        return out
-
-    def finish(self) -> list:
-        """What the stream still owes at its end (called once, after the upstream's last chunk)."""
-        out = []
-        for (index, key), held in list(self._held.items()):
-            if held:
-                out.append(self._bare([self._tail_choice(index, key, mend(held))]))
-        self._held.clear()
-        if self.usage is not None and not self.usage_sent:
-            out.extend(self._usage_chunk(self._bare([])))
-        return out
-
-    # -- helpers -------------------------------------------------------------------------------
-
-    def _usage_chunk(self, obj: dict) -> list:
-        if not self.include_usage or self.usage_sent or self.usage is None:
-            return []
-        self.usage_sent = True
-        obj["choices"], obj["usage"] = [], self.usage
-        return [self._clean(obj)]
-
-    def _bare(self, choices: list) -> dict:
-        chunk = {"id": self.id or new_id(_ID_PREFIXES[self.kind]), "created": self.created or int(time.time()),
-                 "model": self.model, "choices": choices}
-        _envelope(chunk, self.kind, self.model, _OBJECTS[self.kind] + ("" if self.kind == "text" else ".chunk"),
-                  chunk["id"], chunk["created"])
-        if isinstance(self.fingerprint, str):
-            chunk["system_fingerprint"] = self.fingerprint
-        return chunk
-
-    def _tail_choice(self, index: int, key: str, text: str) -> dict:
-        if self.kind == "text":
-            return {"text": text, "index": index, "logprobs": None, "finish_reason": None}
-        return {"index": index, "delta": {key: text}, "logprobs": None, "finish_reason": None}
-
-    def _text_of(self, choice: dict) -> None:
-        """Reassemble the choice's text across events; convert text logprobs; check the delta."""
-        index = choice["index"]
-        if self.kind == "text":
-            choice["text"] = self._joined(index, "text", choice.get("text"))
-            if choice["finish_reason"] is not None:
-                choice["text"] += mend(self._held.pop((index, "text"), ""))
-            choice["logprobs"] = _text_logprobs(choice.get("logprobs"), self._offsets.get(index, 0))
-            self._offsets[index] = self._offsets.get(index, 0) + len(choice["text"])
-            return
-        delta = choice.get("delta")
-        delta = choice["delta"] = delta if isinstance(delta, dict) else {}
-        for key in ("content", "reasoning_content", "refusal"):
-            if isinstance(delta.get(key), str) or self._held.get((index, key)):
-                delta[key] = self._joined(index, key, delta.get(key))
-        if delta.get("role") not in (None, "developer", "system", "user", "assistant", "tool"):
-            delta.pop("role")
-        if isinstance(delta.get("tool_calls"), list):
-            delta["tool_calls"] = [_tool_call_piece(call, i) for i, call in enumerate(delta["tool_calls"])
-                                   if isinstance(call, dict)]
-        if choice["finish_reason"] is not None:
-            self._flush(index, delta)
-
-    def _joined(self, index: int, key: str, text: Any) -> str:
-        text = text if isinstance(text, str) else ""
-        held = self._held.pop((index, key), "")
-        if not held and not _SURROGATE.search(text):
-            return text
-        head, tail = split_incomplete(held + text)
-        if tail:
-            self._held[(index, key)] = tail
-        return mend(head)
-
-    def _flush(self, index: int, delta: dict) -> None:
-        for key in ("content", "reasoning_content", "refusal"):
-            held = self._held.pop((index, key), "")
-            if held:
-                delta[key] = (delta.get(key) or "") + mend(held)
-
-    def _clean(self, obj: dict) -> dict:
-        """``obj`` without lone surrogates anywhere, when its event held some (its text fields
-        are already reassembled)."""
-        return mend_all(obj) if self._lossy else obj
-
-
 # -- parts ---------------------------------------------------------------------------------------
 
 
-def _envelope(obj: dict, kind: str, model: str, object_: str, id_: str, created: int) -> None:
+def envelope(obj: dict, kind: str, model: str, object_: str, id_: str, created: int) -> None:
     obj["id"] = id_
     obj["object"] = object_
     obj["created"] = created
@@ -388,13 +230,13 @@ def _envelope(obj: dict, kind: str, model: str, object_: str, id_: str, created:
         del obj["service_tier"]
 
 
-def _created(obj: dict) -> int:
+def created_of(obj: dict) -> int:
     created = obj.get("created")
-    return created if _is_int(created) else int(time.time())
+    return created if is_int(created) else int(time.time())
 
 
-def _choice(choice: dict, kind: str, position: int) -> None:
-    if not _is_int(choice.get("index")):
+def fix_choice(choice: dict, kind: str, position: int) -> None:
+    if not is_int(choice.get("index")):
         choice["index"] = position
     reason = choice.get("finish_reason")
     if reason is not None:
@@ -446,8 +288,8 @@ def _tool_call(call: dict) -> dict:
     return call
 
 
-def _tool_call_piece(call: dict, position: int) -> dict:
-    if not _is_int(call.get("index")):
+def tool_call_piece(call: dict, position: int) -> dict:
+    if not is_int(call.get("index")):
         call["index"] = position
     if "type" in call:
         call["type"] = "function"
@@ -462,7 +304,7 @@ def _arguments(value: Any) -> str:
     return "" if value is None else orjson.dumps(value).decode()
 
 
-def _text_logprobs(logprobs: Any, offset: int) -> Optional[dict]:
+def text_logprobs(logprobs: Any, offset: int) -> Optional[dict]:
     """A text choice's ``logprobs`` in OpenAI's shape (``tokens``, ``token_logprobs``,
     ``top_logprobs``, ``text_offset``): llama-server sends the chat form (``content``, one entry
     per token), which is translated and kept."""
@@ -487,5 +329,5 @@ def _text_logprobs(logprobs: Any, offset: int) -> Optional[dict]:
     return logprobs
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
