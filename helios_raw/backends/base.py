@@ -66,6 +66,12 @@ class Backend(abc.ABC):
             raise model_not_found(model)
 
     @property
+    def status(self) -> str:
+        """The ``/v1/models`` status of this backend's model: ``"loaded"``, ``"loading"`` or
+        ``"failed"`` (by :attr:`state`, unless a backend knows better)."""
+        return {"ready": "loaded", "loading": "loading"}.get(self.state, "failed")
+
+    @property
     def context_length(self) -> Optional[int]:
         """Tokens of prompt plus answer one request may take, listed by ``/v1/models``; None when
         unknown."""

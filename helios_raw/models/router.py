@@ -147,9 +147,10 @@ class ModelRouter(Backend):
         return slot
 
     def _index(self) -> None:
+        """Map ids and aliases to slots (an always-on backend's ids are what it lists)."""
         names: dict[str, Slot] = {}
         for slot in self.slots:
-            for name in (slot.id,) + slot.aliases:
+            for name in ((slot.id,) if slot.loadable else ()) + slot.aliases:
                 if names.get(name, slot) is not slot:
                     raise BackendError(f"Two models are served as {name!r}; give them different ids.")
                 names[name] = slot
@@ -215,7 +216,8 @@ class ModelRouter(Backend):
                         raise asyncio.TimeoutError
                     await cancel.guard(asyncio.wait_for(asyncio.shield(slot.loading), remaining))
                 except asyncio.TimeoutError:
-                    raise model_loading() from None
+                    busy = slot.no_room or (slot.loading is not None and not slot.has_room)
+                    raise (models_busy(self.max_loaded) if busy else model_loading()) from None
         finally:
             slot.waiting -= 1
         slot.users += 1

@@ -6,8 +6,8 @@ plus ``wait_ready()`` load it, ``close()`` unloads it. Its ``status`` is ``"unlo
 for it (``waiting``); only a slot nobody holds or waits for may be unloaded.
 
 Any other slot (a remote upstream, an agent, a backend an embedding program passes) has one
-backend for the server's lifetime, started and closed with the server; its status follows the
-backend's ``state``.
+backend for the server's lifetime, started and closed with the server; its status is the
+backend's own.
 """
 
 from __future__ import annotations
@@ -17,9 +17,6 @@ import time
 from typing import Callable, Optional
 
 from ..backends.base import Backend
-
-_STATUS_OF_STATE = {"ready": "loaded", "loading": "loading"}
-
 
 class Slot:
     """One model of the registry (see the module docstring)."""
@@ -53,21 +50,11 @@ class Slot:
 
     @property
     def status(self) -> str:
-        if not self.loadable:
-            return _STATUS_OF_STATE.get(self.backend.state, "failed")
-        return self._status
+        return self._status if self.loadable else self.backend.status
 
     @status.setter
     def status(self, value: str) -> None:
         self._status = value
-
-    @property
-    def names(self) -> tuple:
-        """Every name a request may use for this slot: id, aliases, and what its backend lists."""
-        names = (self.id,) + self.aliases
-        if not self.loadable:
-            names += tuple(self.backend.model_ids())
-        return names
 
     @property
     def idle(self) -> bool:

@@ -143,16 +143,25 @@ class RemoteBackend(Backend):
         listed = self.catalog.get(self.config.model_name)
         return listed["context_length"] if listed else None
 
+    @property
+    def status(self) -> str:
+        """``"loaded"`` when the upstream lists the model (or, mirroring, any model; or has no
+        list at all), ``"failed"`` when it does not or can't be asked, ``"loading"`` until it has
+        been asked."""
+        catalog = self.catalog
+        if catalog.state != "ok":
+            return _LISTED_STATUS[catalog.state]
+        listed = catalog.models if self.mirror else catalog.get(self.config.model_name)
+        return "loaded" if listed else "failed"
+
     async def list_models(self) -> list[dict]:
         await self.catalog.refresh(self.config.models_refresh)
         catalog = self.catalog
         if self.mirror and catalog.models:
             ordered = [catalog.get(model_id) for model_id in self.model_ids()]
             return [{**model, "status": "loaded"} for model in ordered]
-        listed = catalog.get(self.config.model_name)
-        status = ("loaded" if listed else "failed") if catalog.state == "ok" else _LISTED_STATUS[catalog.state]
         model = plain_model(self.model_id, self.created, self.owned_by)
-        model.update(context_length=listed["context_length"] if listed else None, status=status)
+        model.update(context_length=self.context_length, status=self.status)
         return [model]
 
     # -- the contract ------------------------------------------------------------------------

@@ -104,7 +104,7 @@ class UpstreamCatalog:
             log.info("upstream %s serves %d model(s): %s", url, len(self.models), ", ".join(self.ids()) or "none")
             name = self.backend.config.model_name
             if self.backend.mirror and self.models and name not in self.ids():
-                log.warning("upstream %s does not list %r, the model_name requests naming none of its models are "
-                            "sent as", url, name)
+                log.warning("upstream %s does not list model_name %r, which requests naming none of its models "
+                            "are sent as", url, name)
         else:
             log.warning("upstream %s: could not list its models (%s)", url, self.reason.rstrip("."))
