@@ -54,7 +54,7 @@ from ...http.client import (
     ReadTimeout,
 )
 from ...openai.completions import CompletionRequest
-from ...openai.embeddings import EmbeddingRequest
+from ...openai.embeddings import EmbeddingRequest, encode_base64
 from ...openai.objects import model_object as plain_model
 from ...openai.schema import ChatRequest
 from ..base import Backend, BackendError, ChunkStream
@@ -181,8 +181,16 @@ class RemoteBackend(Backend):
     async def embed(self, request: EmbeddingRequest, cancel: Cancellation) -> dict:
         body = {**request.raw, "model": self.upstream_model(request.model)}
         answer, lossy = await cancel.guard(self._answer("/embeddings", body))
-        return normalise.embeddings(normalise.mend_all(answer) if lossy else answer, body["model"],
-                                    request.encoding_format)
+        answer = normalise.embeddings(normalise.mend_all(answer) if lossy else answer, body["model"], "float")
+        sizes = {len(item["embedding"]) for item in answer["data"]}
+        if request.dimensions is not None and sizes != {request.dimensions}:  # the upstream ignored it
+            raise APIError(400, f"The model '{request.model}' does not support 'dimensions': its embeddings have "
+                                f"{', '.join(map(str, sorted(sizes)))} dimensions.", param="dimensions",
+                           code="unsupported_value")
+        if request.encoding_format == "base64":
+            for item in answer["data"]:
+                item["embedding"] = encode_base64(item["embedding"])
+        return answer
 
     # -- requests ----------------------------------------------------------------------------
 

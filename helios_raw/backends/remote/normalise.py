@@ -129,8 +129,9 @@ def completion(obj: dict, kind: str, model: str, lossy: bool = False) -> dict:
 
 def embeddings(obj: dict, model: str, encoding_format: str) -> dict:
     """An embeddings ``list`` object: ``object`` values, ``index`` per item, ``usage``, and each
-    vector in the ``encoding_format`` the client asked for (llama-cpp-python's server, for one,
-    ignores it). One vector per token instead of per input (a model without pooling) is a 502."""
+    vector in ``encoding_format`` whichever the upstream sent (llama-cpp-python's server, for one,
+    ignores the one asked for). One vector per token instead of per input (a model without
+    pooling) is a 502."""
     data = obj.get("data")
     if not isinstance(data, list):
         raise APIError(502, "The upstream answered an embeddings request without a 'data' array.",
