@@ -15,7 +15,12 @@ from helios_raw import Agent, Config, RemoteConfig, Server, ServerBuilder
 from helios_raw.backends.remote import RemoteBackend
 from tests.conftest import error_of, local_server
 from tests.support.apis import post_json
-from tests.support.completions import streamed_text, text_completion, text_stream, validate_text_chunk
+from tests.support.completions import (
+    streamed_text,
+    text_completion,
+    text_stream,
+    validate_text_chunk,
+)
 from tests.support.rawhttp import running
 from tests.support.tiny_model import build_tiny_gguf
 from tests.support.upstreams import llama_cpp_server

@@ -264,9 +264,9 @@ def test_a_model_that_fails_to_load_is_503_then_tried_again(tiny_model_path, tmp
 
 
 def test_a_missing_model_file_stops_the_start_in_one_sentence(tiny_model_path, tmp_path) -> None:
-    from helios_raw.backends.base import BackendError
-
     import asyncio
+
+    from helios_raw.backends.base import BackendError
 
     models = [{"id": "first", "model_path": str(tiny_model_path)}, {"id": "gone", "model_path": str(tmp_path / "x.gguf")}]
     with pytest.raises(BackendError, match="does not exist"):

@@ -18,6 +18,7 @@ from typing import Callable, Optional
 
 from ..backends.base import Backend
 
+
 class Slot:
     """One model of the registry (see the module docstring)."""
 
