@@ -19,7 +19,8 @@ OpenAI answers ``gpt-4o-mini`` with a dated id such as ``gpt-4o-mini-2024-07-18`
 it adds. Streams are relayed event by event as they arrive (see :mod:`.events`).
 
 Failures are OpenAI error objects: an upstream 4xx keeps its status, message, type, param and code
-(a number becomes a string); an upstream 5xx, a refused or broken connection, or a
+(a number becomes a string), a 501 (the upstream does not serve what was asked) is a 400 with its
+message; an upstream 5xx, a refused or broken connection, or a
 malformed answer is a 502; a connect or read timeout is a 504. In a stream that has started they
 arrive as an error event before ``[DONE]``. When our client goes away (its connection lost, or
 ``cancel`` set), the upstream connection is closed at once, which is how an upstream learns to
@@ -313,9 +314,10 @@ class RemoteBackend(Backend):
         """The error a client sees for an upstream's non-2xx answer."""
         message, type_, param, code = normalise.parse_error_body(body)
         status = response.status
-        if 400 <= status < 500:
+        if 400 <= status < 500 or status == 501:  # 501: the upstream does not do what was asked
             headers = [("retry-after", response.header("retry-after"))] if response.header("retry-after") else []
-            return APIError(status, message or f"The upstream refused the request ({status} {response.reason}).",
+            return APIError(400 if status == 501 else status,
+                            message or f"The upstream refused the request ({status} {response.reason}).",
                             type=type_ or "invalid_request_error", param=param, code=code, headers=headers)
         log.warning("upstream %s answered %d: %s", self.base_url, status, message or body[:200])
         detail = f": {message}" if message else "."

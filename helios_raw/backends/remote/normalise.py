@@ -73,8 +73,8 @@ def parse_error_body(body: bytes) -> tuple[Optional[str], Optional[str], Optiona
     OpenAI's ``{"error": {...}}``, ``{"error": "text"}``, vLLM's flat ``{"message", "type", ...}``,
     ``{"detail": ...}``, or plain text."""
     try:
-        obj = orjson.loads(body) if body else None
-    except orjson.JSONDecodeError:
+        obj = decode_json(body)[0] if body else None
+    except ValueError:
         text = body[:500].decode("utf-8", "replace").strip()
         return (text or None), None, None, None
     if not isinstance(obj, dict):
@@ -118,6 +118,9 @@ def completion(obj: dict, kind: str, model: str, lossy: bool = False) -> dict:
             choice["message"] = _message(choice.get("message"))
             if choice["message"].get("tool_calls") and choice["finish_reason"] == "stop":
                 choice["finish_reason"] = "tool_calls"
+        else:
+            choice["text"] = choice["text"] if isinstance(choice["text"], str) else ""
+            choice["logprobs"] = text_logprobs(choice.get("logprobs"), 0)
         choice["finish_reason"] = choice["finish_reason"] or "stop"
     obj["choices"] = choices
     if "usage" in obj:
