@@ -31,7 +31,16 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .peers import ModelSetup, Server, ServerFailed, _project_path, free_port, llama_cpp_server, peer_missing, stop_all
+from .peers import (
+    ModelSetup,
+    Server,
+    ServerFailed,
+    _project_path,
+    free_port,
+    llama_cpp_server,
+    peer_missing,
+    stop_all,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "models_bench.json"
