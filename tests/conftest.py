@@ -46,6 +46,14 @@ def tiny_model_path(tmp_path_factory) -> pathlib.Path:
     return build_tiny_gguf(tmp_path_factory.mktemp("tiny-model") / "tiny.gguf")
 
 
+@pytest.fixture(scope="session")
+def pooled_model_path(tmp_path_factory) -> pathlib.Path:
+    """The tiny GGUF with other weights (seed 3) and mean pooling: one vector per input when embedded."""
+    from tests.support.tiny_model import build_tiny_gguf
+
+    return build_tiny_gguf(tmp_path_factory.mktemp("pooled-model") / "pooled.gguf", seed=3, pooling="mean")
+
+
 @contextlib.contextmanager
 def local_server(model_path, limits: Optional[Limits] = None, strict_models: bool = False,
                  **local: object) -> Iterator[ServerThread]:

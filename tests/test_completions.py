@@ -22,20 +22,14 @@ from tests.support.completions import (
     validate_text_chunk,
 )
 from tests.support.rawhttp import running
-from tests.support.tiny_model import build_tiny_gguf
 from tests.support.upstreams import llama_cpp_server
 from tests.test_remote import Exchange, FakeUpstream
 
 
 @pytest.fixture(scope="module")
-def pooled_model(tmp_path_factory):
-    return build_tiny_gguf(tmp_path_factory.mktemp("pooled") / "pooled.gguf", seed=3, pooling="mean")
-
-
-@pytest.fixture(scope="module")
-def engine(pooled_model):
+def engine(pooled_model_path):
     """llama-cpp-python's server on the pooled tiny model: a real engine as the upstream."""
-    process = llama_cpp_server(pooled_model, pooled_model.parent)
+    process = llama_cpp_server(pooled_model_path, pooled_model_path.parent)
     yield process
     process.stop()
 

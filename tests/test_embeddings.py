@@ -16,20 +16,14 @@ from tests.conftest import error_of, local_server
 from tests.support.apis import post_json
 from tests.support.completions import embeddings, floats
 from tests.support.rawhttp import running
-from tests.support.tiny_model import build_tiny_gguf
 from tests.support.upstreams import llama_cpp_server
 from tests.test_completions import untouched  # noqa: F401  (a fixture)
 
 
 @pytest.fixture(scope="module")
-def pooled_model(tmp_path_factory):
-    return build_tiny_gguf(tmp_path_factory.mktemp("pooled") / "pooled.gguf", seed=3, pooling="mean")
-
-
-@pytest.fixture(scope="module")
-def proxy(pooled_model):
+def proxy(pooled_model_path):
     """helios_raw in front of llama-cpp-python's server on the pooled tiny model."""
-    engine = llama_cpp_server(pooled_model, pooled_model.parent)
+    engine = llama_cpp_server(pooled_model_path, pooled_model_path.parent)
     config = Config()
     config.server.port, config.server.access_log = 0, False
     config.remote = RemoteConfig(base_url=engine.base_url)
@@ -108,8 +102,8 @@ def test_the_openai_sdk_embeds(proxy) -> None:
 
 
 @pytest.fixture(scope="module")
-def local(pooled_model):
-    with local_server(pooled_model) as server:
+def local(pooled_model_path):
+    with local_server(pooled_model_path) as server:
         yield server
 
 

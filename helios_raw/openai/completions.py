@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 from ..errors import bad_request
 from ..ids import new_id
+from .fields import is_tokens, model_of, stream_of, user_of
 from .schema import _logit_bias, _opt_bool, _opt_int, _opt_number, _stop
 
 COMPLETION_ID_PREFIX = "cmpl-"
@@ -21,9 +22,6 @@ COMPLETION_ID_PREFIX = "cmpl-"
 DEFAULT_MAX_TOKENS = 16
 #: The most alternatives ``logprobs`` may ask for per token (OpenAI's bound).
 MAX_LOGPROBS = 5
-
-#: A prompt: text, or the token ids of the model's vocabulary.
-Prompt = Union[str, list]
 
 
 @dataclass
@@ -61,18 +59,8 @@ def parse_completion_request(body: Any) -> CompletionRequest:
     """Validate ``body`` (parsed JSON) or raise a 400 :class:`APIError` naming the bad param."""
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise bad_request("'model' is required and must be a non-empty string.", "model")
-    req = CompletionRequest(model=model, prompts=_prompts(body.get("prompt", ...)), raw=body)
-    req.stream = _opt_bool(body, "stream") or False
-    options = body.get("stream_options")
-    if options is not None:
-        if not isinstance(options, dict):
-            raise bad_request("'stream_options' must be an object.", "stream_options")
-        if not req.stream:
-            raise bad_request("'stream_options' is only allowed when 'stream' is true.", "stream_options")
-        req.include_usage = _opt_bool(options, "include_usage", "stream_options.include_usage") or False
+    req = CompletionRequest(model=model_of(body), prompts=_prompts(body.get("prompt", ...)), raw=body)
+    req.stream, req.include_usage = stream_of(body)
     req.max_tokens = _opt_int(body, "max_tokens", 0)
     req.temperature = _opt_number(body, "temperature", 0.0, 2.0)
     req.top_p = _opt_number(body, "top_p", 0.0, 1.0)
@@ -86,10 +74,7 @@ def parse_completion_request(body: Any) -> CompletionRequest:
     req.logit_bias = _logit_bias(body.get("logit_bias"))
     req.logprobs = _opt_int(body, "logprobs", 0, MAX_LOGPROBS)
     req.echo = _opt_bool(body, "echo") or False
-    user = body.get("user")
-    if user is not None and not isinstance(user, str):
-        raise bad_request("'user' must be a string.", "user")
-    req.user = user
+    req.user = user_of(body)
     if (_opt_int(body, "n", 1, 128) or 1) > 1:
         raise bad_request("Only n=1 is supported by this server.", "n", "unsupported_value")
     if (_opt_int(body, "best_of", 0, 20) or 1) > 1:
@@ -113,16 +98,12 @@ def _prompts(value: Any) -> list:
                           "array of such arrays.", "prompt")
     if all(isinstance(p, str) for p in value):
         return list(value)
-    if _is_tokens(value):
+    if is_tokens(value):
         return [list(value)]
-    if all(isinstance(p, list) and p and _is_tokens(p) for p in value):
+    if all(is_tokens(p) for p in value):
         return [list(p) for p in value]
     raise bad_request("'prompt' must be a string, a non-empty array of strings, an array of token ids or an "
                       "array of such arrays (token ids are integers from 0).", "prompt")
-
-
-def _is_tokens(value: list) -> bool:
-    return all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value)
 
 
 # -- objects -------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..errors import bad_request
+from .fields import is_tokens, model_of, user_of
 from .schema import _opt_int
 
 #: Inputs one request may hold (OpenAI's bound).
@@ -39,20 +40,14 @@ def parse_embedding_request(body: Any) -> EmbeddingRequest:
     """Validate ``body`` (parsed JSON) or raise a 400 :class:`APIError` naming the bad param."""
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise bad_request("'model' is required and must be a non-empty string.", "model")
-    req = EmbeddingRequest(model=model, inputs=_inputs(body.get("input")), raw=body)
+    req = EmbeddingRequest(model=model_of(body), inputs=_inputs(body.get("input")), raw=body)
     encoding = body.get("encoding_format")
     if encoding is not None:
         if encoding not in ENCODINGS:
             raise bad_request("'encoding_format' must be 'float' or 'base64'.", "encoding_format")
         req.encoding_format = encoding
     req.dimensions = _opt_int(body, "dimensions", 1)
-    user = body.get("user")
-    if user is not None and not isinstance(user, str):
-        raise bad_request("'user' must be a string.", "user")
-    req.user = user
+    req.user = user_of(body)
     return req
 
 
@@ -69,16 +64,12 @@ def _inputs(value: Any) -> list:
         if not all(value):
             raise bad_request("'input' must not contain an empty string.", "input")
         return list(value)
-    if _is_tokens(value):
+    if is_tokens(value):
         return [list(value)]
-    if all(isinstance(i, list) and i and _is_tokens(i) for i in value):
+    if all(is_tokens(i) for i in value):
         return [list(i) for i in value]
     raise bad_request("'input' must be a string, an array of strings, an array of token ids or an array of such "
                       "arrays (token ids are integers from 0).", "input")
-
-
-def _is_tokens(value: list) -> bool:
-    return all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value)
 
 
 def encode_base64(vector: list) -> str:
