@@ -465,3 +465,29 @@ def test_cli_refuses_single_model_flags_with_a_models_list(tiny_model_path, tmp_
     assert result.returncode != 0
     message = result.stderr.strip()
     assert "\n" not in message and "[[models]]" in message and "Traceback" not in message
+
+
+def test_the_upstreams_list_is_asked_again_once_stale() -> None:
+    """Stands for an upstream that starts serving another model (llama-server in router mode,
+    Ollama after a pull): the new model is listed, and routed to, once the list is asked again."""
+    from tests.test_remote import Exchange, FakeUpstream
+
+    served = {"object": "list", "data": [{"id": "a", "object": "model", "created": 1, "owned_by": "o"}]}
+
+    async def answer(exchange: Exchange) -> bool:
+        body = json.loads(exchange.body)
+        await exchange.send_json(200, {"id": "c", "object": "chat.completion", "created": 1, "model": body["model"],
+                                       "choices": [{"index": 0, "finish_reason": "stop",
+                                                    "message": {"role": "assistant", "content": "hi"}}]})
+        return True
+
+    upstream = FakeUpstream(answer, models=served)
+    with running(upstream) as up:
+        models = [{"id": "other", "base_url": "http://127.0.0.1:9/v1"},
+                  {"base_url": f"http://127.0.0.1:{up.port}/v1", "models_refresh": 0}]
+        with running(models_server(models)) as server:
+            assert "a" in listed(server.port) and "b" not in listed(server.port)
+            assert error_of(post_json(server.port, "/v1/chat/completions", chat_body(model="b")), 404, "model")
+            served["data"].append({"id": "b", "object": "model", "created": 2, "owned_by": "o"})
+            wait_until(lambda: "b" in listed(server.port))
+            assert ask(server.port, "b")["model"] == "b"

@@ -343,6 +343,10 @@ class ModelRouter(Backend):
         for slot in self.slots:
             if slot.loadable and slot.preload and slot.loading is None:
                 self._begin_load(slot)
+        if len(self.slots) > 1 or not self.slots[0].preload:
+            log.info("serving %d model(s): %s", len(self.slots), ", ".join(
+                f"{slot.id} ({'loading' if slot.loading else 'loaded on first use' if slot.loadable else 'always on'})"
+                for slot in self.slots))
 
     async def wait_ready(self) -> None:
         """Return once the models loaded at start-up have loaded; raise the BackendError of the

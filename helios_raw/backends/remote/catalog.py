@@ -1,7 +1,8 @@
 """The upstream's model list (``GET <base_url>/models``), asked at start-up and cached.
 
-The list is asked again once it is older than ``models_refresh`` seconds, by whoever needs it
-next (one request at a time, shared by everyone waiting). What it holds:
+The list is asked again once it is older than ``models_refresh`` seconds, in the background when
+someone needs it next (one request at a time): until the answer comes, the list had is used, so
+``/v1/models`` never waits for the upstream once it has been asked. What it holds:
 
 - ``"ok"``: the upstream's ``model`` objects, normalised (see :func:`~.normalise.model_object`);
 - ``"unlisted"``: the upstream has no model list (it answered 404, 405 or 501);
@@ -55,12 +56,14 @@ class UpstreamCatalog:
         task.add_done_callback(self._log)
 
     async def refresh(self, max_age: float) -> None:
-        """Ask the upstream again if the list is older than ``max_age`` seconds (or was never had)."""
+        """Ask the upstream again if the list is older than ``max_age`` seconds; wait for the
+        answer only if there was no list yet."""
         if self.fetched_at is not None and time.monotonic() - self.fetched_at < max_age:
             return
         if self._task is None:
             self._task = asyncio.ensure_future(self._fetch())
-        await asyncio.shield(self._task)
+        if self.fetched_at is None:
+            await asyncio.shield(self._task)
 
     async def close(self) -> None:
         if self._task is not None:
