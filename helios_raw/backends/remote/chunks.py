@@ -13,7 +13,6 @@ from typing import Any, Optional
 from ...ids import new_id
 from .normalise import (
     ID_PREFIXES,
-    OBJECTS,
     created_of,
     envelope,
     fix_choice,
@@ -22,6 +21,9 @@ from .normalise import (
     usage,
 )
 from .text import SURROGATE, mend, mend_all, split_incomplete
+
+#: The ``object`` of a stream's chunks (OpenAI streams text completions as ``text_completion``).
+CHUNK_OBJECTS = {"chat": "chat.completion.chunk", "text": "text_completion"}
 
 
 class ChunkNormaliser:
@@ -50,8 +52,7 @@ class ChunkNormaliser:
         if self.id is None:
             self.id = str(obj.get("id") or new_id(ID_PREFIXES[self.kind]))
             self.created = created_of(obj)
-        envelope(obj, self.kind, self.model, OBJECTS[self.kind] + ("" if self.kind == "text" else ".chunk"),
-                  self.id, self.created)
+        envelope(obj, self.model, CHUNK_OBJECTS[self.kind], self.id, self.created)
         self.fingerprint = obj.get("system_fingerprint", self.fingerprint)
         found = usage(obj.pop("usage", None))
         out = []
@@ -91,8 +92,7 @@ class ChunkNormaliser:
     def _bare(self, choices: list) -> dict:
         chunk = {"id": self.id or new_id(ID_PREFIXES[self.kind]), "created": self.created or int(time.time()),
                  "model": self.model, "choices": choices}
-        envelope(chunk, self.kind, self.model, OBJECTS[self.kind] + ("" if self.kind == "text" else ".chunk"),
-                  chunk["id"], chunk["created"])
+        envelope(chunk, self.model, CHUNK_OBJECTS[self.kind], chunk["id"], chunk["created"])
         if isinstance(self.fingerprint, str):
             chunk["system_fingerprint"] = self.fingerprint
         return chunk

@@ -110,7 +110,7 @@ def completion(obj: dict, kind: str, model: str, lossy: bool = False) -> dict:
     (``lossy``: see :func:`decode_json`)."""
     if lossy:
         obj = mend_all(obj)
-    envelope(obj, kind, model, OBJECTS[kind], str(obj.get("id") or new_id(ID_PREFIXES[kind])), created_of(obj))
+    envelope(obj, model, OBJECTS[kind], str(obj.get("id") or new_id(ID_PREFIXES[kind])), created_of(obj))
     choices = [c for c in obj["choices"] if isinstance(c, dict)]
     for index, choice in enumerate(choices):
         fix_choice(choice, kind, index)
@@ -220,7 +220,7 @@ def usage(value: Any) -> Optional[dict]:
 # -- parts ---------------------------------------------------------------------------------------
 
 
-def envelope(obj: dict, kind: str, model: str, object_: str, id_: str, created: int) -> None:
+def envelope(obj: dict, model: str, object_: str, id_: str, created: int) -> None:
     obj["id"] = id_
     obj["object"] = object_
     obj["created"] = created
