@@ -2,9 +2,12 @@
 client -> upstream directly, with the same upstream, in one run.
 
 The upstream is a helios_raw process serving the tiny test model (``tests/support/tiny_model.py``),
-which answers in a few milliseconds, so the proxy's cost is not hidden under generation time. The
-proxy is a second helios_raw process whose ``[llm]`` section points at it. Both run with one model
-thread and no access log.
+which answers in a few milliseconds, so the proxy's cost is not hidden under generation time; with
+``--upstream llama-server`` it is llama.cpp's llama-server on the same model (where it is built, see
+``tests/support/upstreams.py``), whose objects the proxy normalises (llama-server closes its
+connection after each stream: the direct path reconnects then, outside the timing). The proxy is a second
+helios_raw process whose ``[llm]`` section points at it. Both run with one model thread and no
+access log.
 
 Requests alternate between the paths in ABBA order (direct, proxied, proxied, direct, ...), each path
 on its own keep-alive connection, so drifts in machine load fall on both alike. Measured:
@@ -21,7 +24,8 @@ The client reads raw bytes from a blocking socket and stamps each event with ``p
 the bytes holding it are read. Printed and written to ``benchmarks/results/proxy_bench.json``:
 medians per path, proxied minus direct (the added milliseconds) and proxied over direct (a ratio).
 
-Usage: ``python -m benchmarks.proxy_bench [--requests 200] [--streams 40] [--tokens 128]``
+Usage: ``python -m benchmarks.proxy_bench [--requests 200] [--streams 40] [--tokens 128]
+[--upstream helios|llama-server]``
 """
 
 from __future__ import annotations
@@ -95,14 +99,52 @@ class HeliosServer:
         self.process.stdout.close()
 
 
+class LlamaServer:
+    """llama.cpp's ``llama-server`` on ``model`` (one slot, one thread) on a free port; stopped by
+    its process id."""
+
+    def __init__(self, model: Path) -> None:
+        from tests.support.upstreams import LLAMA_SERVER, free_port
+
+        if not LLAMA_SERVER.exists():
+            raise RuntimeError(f"llama-server is not built at {LLAMA_SERVER}")
+        self.port = free_port()
+        self.process = subprocess.Popen([str(LLAMA_SERVER), "-m", str(model), "--host", "127.0.0.1", "--port",
+                                         str(self.port), "-c", "2048", "-np", "1", "-t", "1"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+                    sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                    if b" 200 " in sock.recv(65536):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("llama-server did not become ready in 60 seconds")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            self.process.wait(15)
+
+
 class KeepAlive:
     """One blocking keep-alive connection and a strict-enough HTTP/1.1 response reader."""
 
     def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+        self.port = port
+        self.reopen()
+
+    def reopen(self) -> None:
+        """A fresh connection (llama-server closes its own after a stream)."""
+        if getattr(self, "sock", None) is not None:
+            self.close()
+        self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=60)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.file = self.sock.makefile("rb")
-        self.port = port
 
     def close(self) -> None:
         self.file.close()
@@ -193,13 +235,13 @@ def abba(count: int) -> Iterator[bool]:
         yield from ((False, True) if i % 2 == 0 else (True, False))
 
 
-def run(requests: int, streams: int, tokens: int, workdir: Path) -> dict:
+def run(requests: int, streams: int, tokens: int, workdir: Path, engine: str = "helios") -> dict:
     from tests.support.tiny_model import build_tiny_gguf
 
     model = build_tiny_gguf(workdir / "tiny.gguf", seed=0)
     (workdir / "upstream.toml").write_text(
         f'[local]\nmodel_path = "{model}"\nmodel_name = "tiny"\nn_threads = 1\nseed = 0\n')
-    upstream = HeliosServer(workdir / "upstream.toml")
+    upstream = LlamaServer(model) if engine == "llama-server" else HeliosServer(workdir / "upstream.toml")
     proxy = None
     try:
         (workdir / "proxy.toml").write_text(
@@ -207,17 +249,24 @@ def run(requests: int, streams: int, tokens: int, workdir: Path) -> dict:
         proxy = HeliosServer(workdir / "proxy.toml")
         paths = {False: KeepAlive(upstream.port), True: KeepAlive(proxy.port)}
         one_token, stream_body = chat(1, False), chat(tokens, True)
+
+        def streamed(via_proxy: bool, body: bytes) -> dict:
+            run = time_stream(paths[via_proxy], body)
+            if engine == "llama-server" and not via_proxy:  # it closed the connection: reopen, untimed
+                paths[False].reopen()
+            return run
+
         for _ in range(20):  # warm up: model, pools, caches
             for via_proxy in (False, True):
                 time_request(paths[via_proxy], one_token)
-                time_stream(paths[via_proxy], chat(8, True))
+                streamed(via_proxy, chat(8, True))
 
         request_ms = {False: [], True: []}
         for via_proxy in abba(requests):
             request_ms[via_proxy].append(time_request(paths[via_proxy], one_token))
         stream_runs = {False: [], True: []}
         for via_proxy in abba(streams):
-            stream_runs[via_proxy].append(time_stream(paths[via_proxy], stream_body))
+            stream_runs[via_proxy].append(streamed(via_proxy, stream_body))
         for connection in paths.values():
             connection.close()
     finally:
@@ -227,8 +276,9 @@ def run(requests: int, streams: int, tokens: int, workdir: Path) -> dict:
 
     events = {run["events"] for runs in stream_runs.values() for run in runs}
     return {
-        "what": "client -> helios_raw (remote backend) -> upstream vs client -> upstream; upstream = helios_raw "
-                "serving the tiny test model; ABBA-alternated on keep-alive connections; times in ms",
+        "what": "client -> helios_raw (remote backend) -> upstream vs client -> upstream; upstream = "
+                f"{'llama-server' if engine == 'llama-server' else 'helios_raw'} serving the tiny test model; "
+                "ABBA-alternated on keep-alive connections; times in ms",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "load_average_1m": round(os.getloadavg()[0], 2)},
         "request_1_token": compare(request_ms[False], request_ms[True]),
@@ -263,10 +313,15 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--requests", type=int, default=200, help="non-streamed requests per path")
     parser.add_argument("--streams", type=int, default=40, help="streamed requests per path")
     parser.add_argument("--tokens", type=int, default=128, help="tokens per streamed request")
-    parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON results")
+    parser.add_argument("--upstream", choices=("helios", "llama-server"), default="helios",
+                        help="the engine behind the proxy (default: helios_raw on the tiny model)")
+    parser.add_argument("--output", type=Path, help="where to write the JSON results (default: "
+                        "results/proxy_bench.json, or proxy_bench_llama_server.json)")
     args = parser.parse_args(argv)
+    if args.output is None:
+        args.output = RESULTS if args.upstream == "helios" else RESULTS.with_name("proxy_bench_llama_server.json")
     with tempfile.TemporaryDirectory() as workdir:
-        results = run(args.requests, args.streams, args.tokens, Path(workdir))
+        results = run(args.requests, args.streams, args.tokens, Path(workdir), args.upstream)
     print(report(results))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")

@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bind", metavar="HOST:PORT", help="address to listen on (default 127.0.0.1:8000; port 0 picks a free one)")
     parser.add_argument("--host", help="host to listen on (overrides --bind and the config)")
     parser.add_argument("--port", type=int, help="port to listen on (overrides --bind and the config)")
-    parser.add_argument("--config", metavar="FILE", help="TOML config with [server], [local] or [remote], [[endpoints]]")
+    parser.add_argument("--config", metavar="FILE", help="TOML config with [server], [local] or [remote] or [[models]], [[endpoints]]")
     parser.add_argument("--custom-endpoints", metavar="FILE", help="TOML file of [[endpoints]]")
     parser.add_argument("--backend", choices=("local", "remote"), help="force the local model or the remote upstream")
     parser.add_argument("--no-model", action="store_true",
@@ -166,6 +166,12 @@ def _choose_backend(args: argparse.Namespace, config: Config) -> None:
     the default model when nothing names a backend."""
     if args.no_model:
         config.local = config.remote = None
+        config.models = []
+        return
+    if config.models:
+        if args.backend or args.model or args.model_name or args.chat_format or args.threads:
+            raise ConfigError("--backend, --model, --model-name, --chat-format and --threads set up a single model, "
+                              "but the config lists [[models]]; set these per model there")
         return
     kind = args.backend or ("local" if args.model else None) or config.backend_kind
     if kind == "remote":

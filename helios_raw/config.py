@@ -46,6 +46,10 @@ class ServerConfig:
     #: Processes sharing the port (the remote and agent backends and custom endpoints; a local
     #: model is refused: each process would load its own copy).
     workers: int = 1
+    #: Local models kept loaded at once; loading one more unloads the least recently used.
+    max_loaded_models: int = 3
+    #: Seconds a request waits for its model to load (or for room to load it) before a 503.
+    load_wait_timeout: float = 120.0
 
 
 @dataclass
@@ -102,6 +106,31 @@ class RemoteConfig:
     #: Pass ``/v1/responses`` straight through to the upstream's ``/responses`` (which then
     #: stores the responses); off: translate them to its chat completions.
     responses_passthrough: bool = True
+    #: Seconds the upstream's model list is cached before it is asked again.
+    models_refresh: float = 60.0
+
+
+@dataclass
+class ModelConfig:
+    """One ``[[models]]`` entry: a model served under ``id`` (and its ``aliases``), either a local
+    GGUF (``local``) or a remote upstream (``remote``).
+
+    A local entry without ``id`` is served as its file's name; a remote entry without ``id``
+    serves every model its upstream lists, under the upstream's ids. ``ttl`` (local only) unloads
+    the model after that many idle seconds; ``preload`` loads it at start-up instead of on first
+    use.
+    """
+
+    id: Optional[str] = None
+    aliases: list = field(default_factory=list)
+    local: Optional[LocalConfig] = None
+    remote: Optional[RemoteConfig] = None
+    ttl: Optional[float] = None
+    preload: bool = False
+
+    @property
+    def kind(self) -> str:
+        return "remote" if self.remote is not None else "local"
 
 
 @dataclass
@@ -111,21 +140,29 @@ class Config:
     remote: Optional[RemoteConfig] = None
     #: Custom endpoints declared inline (``[[endpoints]]``), same format as --custom-endpoints.
     endpoints: list = field(default_factory=list)
+    #: Several models (``[[models]]``); empty when the config uses ``[local]`` or ``[remote]``.
+    models: list = field(default_factory=list)
 
     @property
     def backend_kind(self) -> str:
-        """``"local"`` when a ``[local]`` section is present, else ``"remote"`` when ``[remote]``
-        is, else ``"local"`` with the default model (as the original chooses)."""
+        """``"models"`` when the config lists ``[[models]]``; else ``"local"`` when a ``[local]``
+        section is present, else ``"remote"`` when ``[remote]`` is, else ``"local"`` with the
+        default model (as the original chooses)."""
+        if self.models:
+            return "models"
         return "remote" if self.local is None and self.remote is not None else "local"
 
     @property
     def names_backend(self) -> bool:
         """Whether a backend section is present (an embedding program serves no model otherwise)."""
-        return self.local is not None or self.remote is not None
+        return self.local is not None or self.remote is not None or bool(self.models)
 
     @property
     def strict_model_names(self) -> bool:
-        """Whether the named backend answers 404 for a request naming another model."""
+        """Whether a request naming another model is a 404 when one model is served (with
+        several, an unknown model always is)."""
+        if self.models:
+            return any((m.local or m.remote).strict_model_names for m in self.models)
         section = self.local if self.local is not None else self.remote
         return bool(section is not None and section.strict_model_names)
 
@@ -158,7 +195,7 @@ def load_config(path: Optional[str] = None, environ: Optional[dict] = None) -> C
 
 
 def config_from_dict(data: dict, where: str = "the configuration") -> Config:
-    known = {"server", "local", "remote", "llm", "endpoints"}
+    known = {"server", "local", "remote", "llm", "endpoints", "models"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{where} has an unknown section {unknown[0]!r} (known: {', '.join(sorted(known))}).")
@@ -182,6 +219,8 @@ def config_from_dict(data: dict, where: str = "the configuration") -> Config:
                           "positive.")
     if not 1 <= server.workers <= MAX_WORKERS:
         raise ConfigError(f"[server] workers in {where} must be between 1 and {MAX_WORKERS}.")
+    if server.max_loaded_models < 1 or server.load_wait_timeout <= 0:
+        raise ConfigError(f"[server] in {where}: max_loaded_models must be at least 1 and load_wait_timeout positive.")
     if server.log_level not in LOG_LEVELS:
         raise ConfigError(f"[server] log_level in {where} must be one of {', '.join(LOG_LEVELS)}, "
                           f"not {server.log_level!r}.")
@@ -197,6 +236,11 @@ def config_from_dict(data: dict, where: str = "the configuration") -> Config:
         if section in data:
             config.remote = _build(RemoteConfig, _table(data, section, where), f"[{section}] in {where}")
             config.remote.section = section
+    if "models" in data:
+        if any(section in data for section in ("local", "remote", "llm")):
+            raise ConfigError(f"{where} has both [[models]] and a [local] or [remote] section; list every model "
+                              "under [[models]].")
+        config.models = models_from_list(data["models"], where)
     endpoints = data.get("endpoints", [])
     if not isinstance(endpoints, list):
         raise ConfigError(f"'endpoints' in {where} must be an array of tables ([[endpoints]]).")
@@ -222,6 +266,61 @@ def local_problem(local: LocalConfig) -> Optional[str]:
         if not ok:
             return f"{key} must be {expected}, not {getattr(local, key)!r}"
     return None
+
+
+def models_from_list(entries: Any, where: str) -> list:
+    """The ``[[models]]`` entries, checked: one kind each, ids and aliases unique."""
+    if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError(f"'models' in {where} must be a non-empty array of tables ([[models]]).")
+    models, names = [], set()
+    for number, entry in enumerate(entries, 1):
+        model = _model_entry(dict(entry), f"[[models]] entry {number} in {where}")
+        for name in ([model.id] if model.id else []) + model.aliases:
+            if name in names:
+                raise ConfigError(f"{where} serves two models as {name!r}; ids and aliases must be unique.")
+            names.add(name)
+        models.append(model)
+    return models
+
+
+def _model_entry(entry: dict, where: str) -> ModelConfig:
+    model = ModelConfig()
+    model.id = entry.pop("id", None)
+    if model.id is not None and (not isinstance(model.id, str) or not model.id):
+        raise ConfigError(f"{where}: id must be a non-empty string.")
+    where = f"[[models]] entry {model.id!r}" + where[where.index(" in "):] if model.id else where
+    model.aliases = entry.pop("aliases", [])
+    if not isinstance(model.aliases, list) or not all(isinstance(a, str) and a for a in model.aliases):
+        raise ConfigError(f"{where}: aliases must be a list of non-empty strings.")
+    preload = entry.pop("preload", False)
+    if not isinstance(preload, bool):
+        raise ConfigError(f"{where}: preload must be true or false.")
+    model.preload = preload
+    ttl = entry.pop("ttl", None)
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl <= 0):
+        raise ConfigError(f"{where}: ttl must be a positive number of seconds.")
+    model.ttl = None if ttl is None else float(ttl)
+    kind = entry.pop("backend", "remote" if "base_url" in entry else "local")
+    if kind == "remote":
+        if ttl is not None or preload:
+            raise ConfigError(f"{where}: ttl and preload apply to local models only.")
+        model.remote = _build(RemoteConfig, entry, where)
+        model.remote.section = where
+        if model.id and "model_name" not in entry:
+            model.remote.model_name = model.id
+    elif kind == "local":
+        if "model_name" in entry:
+            raise ConfigError(f"{where}: a local model is named by id, not model_name.")
+        model.local = _build(LocalConfig, entry, where)
+        model.local.model_name = model.id
+        problem = local_problem(model.local)
+        if problem:
+            raise ConfigError(f"{where}: {problem}.")
+    else:
+        raise ConfigError(f"{where}: backend must be \"local\" or \"remote\", not {kind!r}.")
+    if model.aliases and not model.id:
+        raise ConfigError(f"{where}: aliases need an id.")
+    return model
 
 
 def _table(data: dict, key: str, where: str) -> dict:

@@ -66,6 +66,7 @@ _TEMPLATE = """\
 #
 # The backend is [local] when that section is present, else [remote]. To proxy a remote
 # OpenAI-compatible API instead, delete the [local] section (or run with --backend remote).
+# To serve several models, replace both with [[models]] entries (see the end of this file).
 
 [server]
 host = {server_host}
@@ -90,6 +91,10 @@ metrics = {server_metrics}
 # Processes sharing the port, for the remote and agent backends and custom endpoints (a local
 # model needs 1: each process would load its own copy).
 workers = {server_workers}
+# With [[models]]: local models kept loaded at once (loading one more unloads the least
+# recently used), and seconds a request waits for its model to load before a 503.
+max_loaded_models = {server_max_loaded_models}
+load_wait_timeout = {server_load_wait_timeout}
 
 [server.limits]
 # Bytes of a request line plus headers (more is answered 431), and header fields per request.
@@ -173,6 +178,25 @@ max_connections = {remote_max_connections}
 # Pass /v1/responses straight through to the upstream (which then stores the responses);
 # false: translate them to its chat completions.
 responses_passthrough = {remote_responses_passthrough}
+# Seconds the upstream's model list (what /v1/models shows) is kept before it is asked again.
+models_refresh = {remote_models_refresh}
+
+# Several models instead of [local] / [remote]: one [[models]] entry each, routed by the
+# request's "model". A local entry takes the [local] keys, a remote one (with base_url) the
+# [remote] keys; model_name there is the upstream's name for it (by default the id). A remote
+# entry without id serves every model its upstream lists.
+# [[models]]
+# id = "chat"
+# aliases = ["gpt-4o-mini"]
+# model_path = "models/chat.gguf"
+# ttl = 600          # unload after 600 idle seconds
+# preload = false    # true: load at start-up rather than on first use
+#
+# [[models]]
+# id = "cloud"
+# base_url = "https://api.openai.com/v1"
+# api_key = "sk-..."
+# model_name = "gpt-4o"
 
 # Custom endpoints (they may also live in a file given with --custom-endpoints).
 # [[endpoints]]

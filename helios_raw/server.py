@@ -26,6 +26,7 @@ from .http.limits import Limits
 from .http.server import HTTPServer
 from .metrics import Metrics
 from .metrics.route import MetricsRoute, access_recorder
+from .models import ModelRouter, router_of
 from .openai.handlers import OpenAIRoutes, health_route
 from .responses import ResponsesRoutes, ResponseStore
 
@@ -55,9 +56,11 @@ def parse_address(address: str) -> tuple[str, int]:
 class Server:
     """One configured server.
 
-    ``backend`` None serves the backend ``config`` names (``[local]`` or ``[remote]``), exactly as
-    ``--config`` would; a config that names none serves only ``/health`` and custom endpoints.
-    ``strict_models`` None takes the config's ``strict_model_names``.
+    ``backend`` None serves the models ``config`` names (``[[models]]``, ``[local]`` or
+    ``[remote]``), exactly as ``--config`` would; a config that names none serves only ``/health``
+    and custom endpoints. ``strict_models`` None takes the config's ``strict_model_names``.
+    ``backend`` is always served through a :class:`~helios_raw.models.ModelRouter` (a backend of
+    its own is its one model).
     """
 
     def __init__(
@@ -68,15 +71,18 @@ class Server:
         strict_models: Optional[bool] = None,
     ) -> None:
         self.config = config or Config()
-        self.backend = backend if backend is not None else backend_from_config(self.config)
-        self.endpoints = list(endpoints_from_list(self.config.endpoints, "the configuration")) + list(endpoints)
         self.strict_models = self.config.strict_model_names if strict_models is None else strict_models
-        #: What this server counts; the backend records into it too (``backend.metrics``).
+        backend = backend if backend is not None else backend_from_config(self.config)
+        self.backend: Optional[ModelRouter] = None
+        if backend is not None:
+            self.backend = router_of(backend)
+            self.backend.strict = self.strict_models
+        self.endpoints = list(endpoints_from_list(self.config.endpoints, "the configuration")) + list(endpoints)
+        #: What this server counts; its backends record into it too.
         self.metrics = Metrics()
         self.metrics_route = MetricsRoute(self.metrics, model_level=self.backend is not None)
-        for backend in (self.backend, getattr(self.backend, "inner", None)):  # an agent's model too
-            if backend is not None:
-                backend.metrics = self.metrics
+        if self.backend is not None:
+            self.backend.use_metrics(self.metrics)
         #: Whether :meth:`start` logs the address and routes (a worker process leaves it to its parent).
         self.announce = True
         self.app = self._build_app()
@@ -90,7 +96,11 @@ class Server:
         if self.backend is not None:
             OpenAIRoutes(self.backend, self.strict_models).install(app)
             store = ResponseStore(server.responses_store_size, server.responses_store_ttl)
-            ResponsesRoutes(self.backend, store, self.strict_models).install(app)
+            # One always-on backend (an upstream, an agent) answers the Responses routes itself, so
+            # that an upstream can take them whole (responses_passthrough).
+            sole = self.backend.entries[0]
+            responses = sole.backend if len(self.backend.entries) == 1 and not sole.loadable else self.backend
+            ResponsesRoutes(responses, store, self.strict_models).install(app)
             MessagesRoutes(self.backend, self.strict_models).install(app)
         for endpoint in self.endpoints:
             endpoint.install(app)

@@ -344,9 +344,16 @@ def _listening_sockets(host: str, port: int, count: int, backlog: int) -> list[s
 
 
 def _serves_local_model(backend) -> bool:
-    """Whether ``backend`` (or the backend an agent runs over) is a local model."""
+    """Whether ``backend`` serves a local model: itself, one of a router's models, or the
+    backend an agent runs over."""
     local = sys.modules.get("helios_raw.backends.local")  # not imported: no local backend exists
-    return local is not None and isinstance(getattr(backend, "inner", backend), local.LocalBackend)
+    if local is None or backend is None:
+        return False
+    if isinstance(backend, local.LocalBackend):
+        return True
+    entries = getattr(backend, "entries", ())
+    return any(entry.loadable or _serves_local_model(entry.backend) for entry in entries) or \
+        _serves_local_model(getattr(backend, "inner", None))
 
 
 def _watch_parent(channel: socket.socket, loop: asyncio.AbstractEventLoop) -> None:

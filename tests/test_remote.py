@@ -51,12 +51,33 @@ HELLO = [{"role": "user", "content": "Say hello."}]
 # -- helpers: the proxy and its clients ----------------------------------------------------------
 
 
-def proxy_server(base_url: str, ssl_context: Optional[ssl.SSLContext] = None, **llm) -> "object":
+class Proxy:
+    """A helios_raw server proxying to an upstream, ready once the upstream's model list (asked at
+    start-up, on a connection the pool then keeps) has been had: the test's own requests then
+    start from a known pool."""
+
+    def __init__(self, server, backend: RemoteBackend) -> None:
+        self.server = server
+        self.backend = backend
+
+    def __getattr__(self, name: str):
+        return getattr(self.server, name)
+
+    async def start(self):
+        address = await self.server.start()
+        await self.backend.catalog.refresh(float("inf"))
+        return address
+
+    async def stop(self, timeout=None):
+        await self.server.stop(timeout)
+
+
+def proxy_server(base_url: str, ssl_context: Optional[ssl.SSLContext] = None, **llm) -> Proxy:
     """A helios_raw server on port 0 proxying to ``base_url``."""
     config = Config()
     config.server.access_log = False
     backend = RemoteBackend(RemoteConfig(base_url=base_url, **{"model_name": "tiny", **llm}), ssl_context)
-    return ServerBuilder(config).address("127.0.0.1:0").backend(backend).build()
+    return Proxy(ServerBuilder(config).address("127.0.0.1:0").backend(backend).build(), backend)
 
 
 def post(port: int, body: dict, headers: Optional[list] = None):
@@ -278,12 +299,15 @@ class FakeUpstream:
 
     Counts ``connections``; keeps every request's head and body in ``requests``; sets
     ``peer_closed`` when a client closes a connection while its answer is still being written.
-    ``script`` returns True to keep the connection for another request.
+    ``script`` returns True to keep the connection for another request. ``GET /v1/models`` is
+    answered ``models`` (a 404 when None) on a kept connection and not recorded.
     """
 
-    def __init__(self, script: Callable[[Exchange], Awaitable[Optional[bool]]], ssl_context=None) -> None:
+    def __init__(self, script: Callable[[Exchange], Awaitable[Optional[bool]]], ssl_context=None,
+                 models: Optional[dict] = None) -> None:
         self.script = script
         self.ssl_context = ssl_context
+        self.models = models
         self.connections = 0
         self.requests: list = []
         self.peer_closed = threading.Event()
@@ -311,6 +335,10 @@ class FakeUpstream:
                     return
                 length = re.search(rb"(?i)content-length: *(\d+)", head)
                 body = await reader.readexactly(int(length.group(1))) if length else b""
+                if head.startswith(b"GET /v1/models "):
+                    await Exchange(reader, writer, head, body).send_json(
+                        404 if self.models is None else 200, self.models or {"error": {"message": "no such route"}})
+                    continue
                 self.requests.append((head, body))
                 exchange = Exchange(reader, writer, head, body)
                 try:
@@ -680,7 +708,10 @@ def test_utf8_and_event_lines_split_across_tcp_writes_come_through_whole():
             answer = post(proxy.port, {"model": "tiny", "messages": HELLO, "stream": True})
     events = sse_data(answer.body)
     assert stream_text(events) == TEXT
-    assert [orjson.loads(f[6:]) for f in frames] == events[:-1]  # each event relayed as sent
+    sent = [orjson.loads(f[6:]) for f in frames]
+    for chunk in sent:  # relayed as sent, with the null logprobs OpenAI's chunks carry
+        chunk["choices"][0]["logprobs"] = None
+    assert sent == events[:-1]
     assert events.count("[DONE]") == 1
 
 

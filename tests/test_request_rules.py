@@ -14,7 +14,14 @@ from helios_raw.openai.legacy import legacy_chunk, legacy_completion
 from helios_raw.openai.limits import MAX_MESSAGES, MAX_PROMPT_BYTES
 from helios_raw.openai.objects import ChunkFactory, assistant_message, completion, usage
 from helios_raw.openai.schema import parse_chat_request
-from tests.conftest import chat_body, completion_of, error_of, post_chat, stream_of, validate
+from tests.conftest import (
+    chat_body,
+    completion_of,
+    error_of,
+    post_chat,
+    stream_of,
+    validate,
+)
 
 ADD = {"name": "add", "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}}
 CALL = {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": "{\"a\": 1}"}}

@@ -29,7 +29,7 @@ def _config(**sections) -> Config:
 def test_a_config_with_a_local_section_serves_that_model_strictly(tiny_model_path) -> None:
     server = Server(_config(local=LocalConfig(model_path=str(tiny_model_path), model_name="tiny",
                                               strict_model_names=True)))
-    assert isinstance(server.backend, LocalBackend) and server.strict_models
+    assert isinstance(server.backend.entries[0].backend, LocalBackend) and server.strict_models
     with running(server) as thread:
         thread.call(server.backend.wait_ready(), 60)
         answer = post_chat(thread.port, chat_body(max_tokens=2))
@@ -44,7 +44,7 @@ def test_a_config_with_a_remote_section_serves_that_upstream_strictly(tiny_model
         remote = RemoteConfig(model_name="tiny", base_url=f"http://127.0.0.1:{upstream.port}/v1",
                               strict_model_names=True)
         server = ServerBuilder(_config(remote=remote)).build()
-        assert isinstance(server.backend, RemoteBackend) and server.strict_models
+        assert isinstance(server.backend.entries[0].backend, RemoteBackend) and server.strict_models
         with running(server) as thread:
             answer = post_chat(thread.port, chat_body(max_tokens=2))
             assert answer.status == 200, answer.body

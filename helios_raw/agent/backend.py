@@ -40,6 +40,10 @@ class AgentBackend(Backend):
             config = config or Config()
             self.inner = backend_from_config(config, inner_kind or config.backend_kind)
 
+    def use_metrics(self, metrics) -> None:
+        super().use_metrics(metrics)
+        self.inner.use_metrics(metrics)
+
     @property
     def state(self) -> str:
         return self.inner.state

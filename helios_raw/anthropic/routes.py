@@ -39,12 +39,12 @@ class MessagesRoutes:
         parsed = parse_messages_request(request.json())
         chat = parsed.chat
         self.backend.check_request(chat.model, self.strict_models)
+        model = self.backend.served_id(chat.model)
         if not parsed.stream:
             answer = answer_of(await self.backend.complete(chat, request.cancelled))
-            return JSONResponse(message_object(answer, self.backend.model_id, parsed.stop_sequences))
+            return JSONResponse(message_object(answer, model, parsed.stop_sequences))
         stream = await self.backend.open_stream(chat, request.cancelled)
-        return translated_response(stream, MessagesTranslator(self.backend.model_id, parsed.stop_sequences),
-                                   "messages")
+        return translated_response(stream, MessagesTranslator(model, parsed.stop_sequences), "messages")
 
     async def count_tokens(self, request: Request):
         require_json(request)

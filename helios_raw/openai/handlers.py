@@ -1,4 +1,5 @@
-"""The OpenAI routes: ``POST /v1/chat/completions``, ``GET /v1/models[/{model}]``, and ``/health``."""
+"""The OpenAI routes: ``POST /v1/chat/completions``, ``POST /v1/completions``,
+``POST /v1/embeddings``, ``GET /v1/models[/{model}]``, and ``/health``."""
 
 from __future__ import annotations
 
@@ -11,14 +12,19 @@ from ..errors import APIError, model_not_found, server_error
 from ..http.request import Request
 from ..http.response import JSONResponse, Response
 from ..http.sse import SSESink, sse_response
+from .completions import parse_completion_request
+from .embeddings import parse_embedding_request
 from .legacy import LegacySink, legacy_completion
-from .objects import model_object
 from .schema import parse_chat_request
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..backends.base import Backend
+    from ..backends.base import Backend, ChunkStream
 
 log = logging.getLogger("helios_raw.openai")
+
+#: Path segments a model id may span in ``GET /v1/models/{id}`` (ids such as
+#: ``HuggingFaceTB/SmolLM2-135M-Instruct`` hold slashes; ``%2F`` works as well).
+MAX_ID_SEGMENTS = 6
 
 
 class OpenAIRoutes:
@@ -32,51 +38,76 @@ class OpenAIRoutes:
     def install(self, app) -> None:
         app.add_route("POST", "/v1/chat/completions", self.chat_completions,
                       description="OpenAI chat completions (streamed and not)")
-        app.add_route("GET", "/v1/models", self.list_models, inline=True, description="OpenAI model list")
-        app.add_route("GET", "/v1/models/{model}", self.get_model, inline=True, description="One model")
+        app.add_route("POST", "/v1/completions", self.completions, description="OpenAI text completions")
+        app.add_route("POST", "/v1/embeddings", self.embeddings, description="OpenAI embeddings")
+        app.add_route("GET", "/v1/models", self.list_models, description="OpenAI model list")
+        for segments in range(1, MAX_ID_SEGMENTS + 1):
+            template = "/v1/models/" + "/".join(f"{{{_id_part(i)}}}" for i in range(segments))
+            app.add_route("GET", template, self.get_model, description="One model" if segments == 1 else "")
 
     # -- handlers ----------------------------------------------------------------------------
 
-    def list_models(self, request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [self._model(m) for m in self.backend.model_ids()]})
+    async def list_models(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": await self.backend.list_models()})
 
-    def get_model(self, request: Request) -> Response:
-        model = request.params["model"]
-        if model not in self.backend.model_ids():
-            raise model_not_found(model)
-        return JSONResponse(self._model(model))
+    async def get_model(self, request: Request) -> Response:
+        model = "/".join(request.params[_id_part(i)] for i in range(len(request.params)))
+        for listed in await self.backend.list_models():
+            if listed["id"] == model or model in listed.get("aliases", ()):
+                return JSONResponse(listed)
+        raise model_not_found(model)
 
     async def chat_completions(self, request: Request):
         require_json(request)
         chat = parse_chat_request(request.json())
         self.backend.check_request(chat.model, self.strict_models)
         # An upstream given the request as sent answers legacy functions in their own shape.
-        legacy = chat.legacy_functions and not self.backend.relays_requests
+        legacy = chat.legacy_functions and not self.backend.relays(chat.model)
         if not chat.stream:
             result = await self.backend.complete(chat, request.cancelled)
             return JSONResponse(legacy_completion(result) if legacy else result)
-        stream = await self.backend.open_stream(chat, request.cancelled)
+        return streamed(await self.backend.open_stream(chat, request.cancelled), request, legacy)
 
-        async def produce(sink: SSESink) -> None:
-            try:
-                await stream.run(LegacySink(sink) if legacy else sink)
-            except (ClientGone, asyncio.CancelledError):
-                raise
-            except APIError as exc:
-                sink.error(exc)
-                return
-            except Exception:
-                log.exception("stream for %s failed", request.path)
-                sink.error(server_error())
-                return
-            sink.done()
+    async def completions(self, request: Request):
+        require_json(request)
+        parsed = parse_completion_request(request.json())
+        self.backend.check_request(parsed.model, self.strict_models)
+        if not parsed.stream:
+            return JSONResponse(await self.backend.complete_text(parsed, request.cancelled))
+        return streamed(await self.backend.open_text_stream(parsed, request.cancelled), request)
 
-        return sse_response(produce)
+    async def embeddings(self, request: Request):
+        require_json(request)
+        parsed = parse_embedding_request(request.json())
+        self.backend.check_request(parsed.model, self.strict_models)
+        return JSONResponse(await self.backend.embed(parsed, request.cancelled))
 
-    # -- helpers -----------------------------------------------------------------------------
 
-    def _model(self, model_id: str) -> dict:
-        return model_object(model_id, self.backend.created, self.backend.owned_by)
+def _id_part(index: int) -> str:
+    """The name of the ``index``-th path segment of a model id (ids may hold slashes)."""
+    return "model" if index == 0 else f"model_{index + 1}"
+
+
+def streamed(stream: "ChunkStream", request: Request, legacy: bool = False):
+    """The event-stream response running ``stream``: its chunks (in the legacy function-call
+    shape with ``legacy``), then ``[DONE]``; an error cutting it short is an error event before
+    ``[DONE]``."""
+
+    async def produce(sink: SSESink) -> None:
+        try:
+            await stream.run(LegacySink(sink) if legacy else sink)
+        except (ClientGone, asyncio.CancelledError):
+            raise
+        except APIError as exc:
+            sink.error(exc)
+            return
+        except Exception:
+            log.exception("stream for %s failed", request.path)
+            sink.error(server_error())
+            return
+        sink.done()
+
+    return sse_response(produce)
 
 
 def require_json(request: Request) -> None:
@@ -101,7 +132,7 @@ def health_route(backend: Optional["Backend"]):
             return static
         facts = backend.health()
         try:
-            backend.check_request("", False)
+            backend.check_ready()
         except APIError as error:
             status = "loading" if error.code == "model_loading" else "error"
             return JSONResponse({"status": status, **facts, **error.to_dict()}, error.status, error.headers)

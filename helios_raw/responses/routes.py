@@ -56,7 +56,7 @@ class ResponsesRoutes:
         parsed = parse_responses_request(body, self._history)
         chat = parsed.chat
         self.backend.check_request(chat.model, self.strict_models)
-        draft = ResponseDraft(parsed, self.backend.model_id)
+        draft = ResponseDraft(parsed, self.backend.served_id(chat.model))
         if not parsed.stream:
             answer = answer_of(await self.backend.complete(chat, request.cancelled))
             response = draft.build(status_of(answer), output_of(answer), answer)

@@ -18,7 +18,9 @@ loads in milliseconds and generates with at thousands of tokens per second:
   ``<|im_end|>`` (604); no bos is added on tokenization;
 * ``tokenizer.chat_template`` set to ``chat_template`` (ChatML by default),
   or absent when ``chat_template`` is None;
-* ``general.name`` = ``"tiny-test"``.
+* ``general.name`` = ``"tiny-test"``;
+* ``llama.pooling_type`` set when ``pooling`` is given (``"mean"``, ``"cls"`` or ``"last"``), so
+  that an embedding context pools one vector per input (without it llama.cpp gives one per token).
 
 The weights are random, so the model's text is gibberish: a mix of corpus
 words, word pieces and ASCII characters, with the occasional whole non-ASCII
@@ -227,12 +229,14 @@ def build_tiny_gguf(
     chat_template: Optional[str] = CHATML_TEMPLATE,
     architecture_name: str = "llama",
     seed: int = 0,
+    pooling: Optional[str] = None,
 ) -> pathlib.Path:
     """Write the tiny test model to ``path`` (overwriting it) and return ``path``.
 
     ``chat_template`` becomes ``tokenizer.chat_template``; None omits the key,
     for tests of models without a template. ``seed`` seeds the random
-    weights; equal arguments produce byte-identical files.
+    weights; equal arguments produce byte-identical files. ``pooling``
+    ("mean", "cls" or "last") becomes the model's pooling type for embeddings.
     ``architecture_name`` must be ``"llama"``, the only architecture whose
     tensor layout this module writes (llama.cpp refuses unknown names).
     """
@@ -266,6 +270,8 @@ def build_tiny_gguf(
     writer.add_add_eos_token(False)
     if chat_template is not None:
         writer.add_chat_template(chat_template)
+    if pooling is not None:
+        writer.add_pooling_type(gguf.PoolingType[pooling.upper()])
 
     for name, array in _tensors(tokens, token_types, seed):
         writer.add_tensor(name, array)
