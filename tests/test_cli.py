@@ -188,14 +188,23 @@ def test_remote_backend_without_an_upstream_is_one_sentence():
     assert_one_sentence_failure(cli("--backend", "remote", "--bind", "127.0.0.1:0"), "needs a [remote] section")
 
 
-def test_remote_backend_needs_no_model(tmp_path):
+def test_remote_backend_needs_no_model_and_health_says_whether_the_upstream_answers(tmp_path):
+    """The upstream here refuses connections: once its model list could not be asked for,
+    /health says so with a 503 a load balancer acts on (a live upstream is tested with the remote
+    backend)."""
     config = tmp_path / "remote.toml"
     config.write_text('[remote]\nbase_url = "http://127.0.0.1:1/v1"\n')
     server = serve("--backend", "remote", "--config", str(config), "--bind", "127.0.0.1:0")
     try:
-        with Client(server.port) as client:
-            client.request("GET", "/health")
-            answer = client.read_response()
-            assert answer.status == 200 and answer.json()["status"] == "ok"
+        deadline = time.monotonic() + 10
+        while True:
+            with Client(server.port) as client:
+                client.request("GET", "/health")
+                answer = client.read_response()
+            if answer.status == 503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert answer.status == 503 and answer.json()["status"] == "error"
+        assert answer.json()["error"]["code"] == "upstream_unavailable"
     finally:
         assert server.stop() == 0

@@ -489,7 +489,7 @@ def test_cli_serves_the_llm_section_as_a_proxy(upstream, tmp_path):
     finally:
         proxy.stop()
     assert [m["id"] for m in models["data"]] == ["tiny"]
-    assert health == {"status": "ok", "model": "tiny", "backend_state": "ready", "backend": "remote"}
+    assert health == {"status": "ok", "model": "tiny", "backend_state": "ready", "backend": "remote", "upstream": "ok"}
     assert answer.status == 200 and answer.json()["usage"]["completion_tokens"] == 2
     assert unknown.status == 404 and unknown.error()["code"] == "model_not_found"
     assert upstream.logged_so_far() == before + 1  # the unknown model was refused by the proxy itself
@@ -959,3 +959,20 @@ def test_client_timeouts_and_bad_responses():
 
     with running(FakeUpstream(misbehave)) as up:
         assert up.call(scenario(up.port)) == ["RemoteProtocolError", "ReadTimeout", "RemoteProtocolError"]
+
+
+def test_a_stream_cut_short_by_the_connection_closing_ends_with_an_error_event():
+    """Stands for an upstream whose stream has no marked end (neither Content-Length nor chunked,
+    as an HTTP/1.0 server, or a proxy that strips the framing, sends it) and whose connection
+    closes before ``[DONE]``: the stream may have been cut short, and the client is told so."""
+    async def close_early(exchange: Exchange) -> None:
+        await exchange.send(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
+                            + chunk_event("Hel") + chunk_event("lo"))
+
+    with running(FakeUpstream(close_early)) as up:
+        with running(proxy_server(f"http://127.0.0.1:{up.port}/v1")) as proxy:
+            streamed = post(proxy.port, {"model": "tiny", "messages": HELLO, "stream": True})
+    events = sse_data(streamed.body)
+    assert streamed.status == 200 and stream_text(events) == "Hello"
+    assert events[-2]["error"]["code"] == "bad_gateway" and "[DONE]" in events[-2]["error"]["message"]
+    assert events.count("[DONE]") == 1

@@ -76,6 +76,14 @@ class Backend(abc.ABC):
         if state != "ready":
             raise model_unavailable()
 
+    def health_problem(self) -> Optional[APIError]:
+        """Why ``/health`` should answer 503 now (None: the backend serves); cheap, no I/O."""
+        try:
+            self.check_ready()
+        except APIError as error:
+            return error
+        return None
+
     def check_request(self, model: str, strict_models: bool) -> None:
         """:meth:`check_ready`, and with ``strict_models`` the 404 for a ``model`` the backend
         does not serve."""

@@ -288,6 +288,13 @@ class ClientResponse:
         values = [v.decode("latin-1") for k, v in self.headers if k == key]
         return ", ".join(values) if values else default
 
+    @property
+    def framed(self) -> bool:
+        """The body's end is marked (Content-Length or chunked), so a body cut short is told
+        apart from a whole one; a body delimited by the connection closing is not."""
+        return any(k == b"content-length" or (k == b"transfer-encoding" and b"chunked" in v.lower())
+                   for k, v in self.headers)
+
     async def iter_bytes(self) -> AsyncIterator[bytes]:
         """The body, piece by piece as it arrives. Raises :class:`ReadTimeout` or
         :class:`RemoteProtocolError` if it stalls or breaks off."""

@@ -84,6 +84,12 @@ class ModelRouter(Backend):
         return {"model": self.model_id, "backend_state": self.state,
                 "models": {entry.id: entry.status for entry in self.entries}}
 
+    def health_problem(self):
+        """With one model, that model's; with several, only what makes the server unready."""
+        if len(self.entries) == 1 and not self.entries[0].loadable:
+            return self.entries[0].backend.health_problem()
+        return super().health_problem()
+
     def model_ids(self) -> list[str]:
         ids: list[str] = []
         for entry in self.entries:

@@ -131,9 +131,8 @@ def health_route(backend: Optional["Backend"]):
         if backend is None:
             return static
         facts = backend.health()
-        try:
-            backend.check_ready()
-        except APIError as error:
+        error = backend.health_problem()
+        if error is not None:
             status = "loading" if error.code == "model_loading" else "error"
             return JSONResponse({"status": status, **facts, **error.to_dict()}, error.status, error.headers)
         return JSONResponse({"status": "ok", **facts})

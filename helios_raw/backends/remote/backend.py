@@ -65,6 +65,8 @@ from .chunks import ChunkNormaliser
 from .events import EventRelay, RemoteStream
 
 log = logging.getLogger("helios_raw.remote")
+#: Seconds a /health answer may rely on the upstream's last answer before it is asked again.
+HEALTH_PROBE_AGE = 5.0
 
 #: Bytes of an upstream error body read to build the error we answer with.
 _ERROR_BODY_LIMIT = 64 * 1024
@@ -109,7 +111,17 @@ class RemoteBackend(Backend):
         self.catalog = UpstreamCatalog(self)
 
     def health(self) -> dict:
-        return {"model": self.model_id, "backend_state": self.state, "backend": "remote"}
+        return {"model": self.model_id, "backend_state": self.state, "backend": "remote",
+                "upstream": self.catalog.state}
+
+    def health_problem(self) -> Optional[APIError]:
+        """The upstream is unreachable, as its model list last found (asked again in the
+        background when older than ``HEALTH_PROBE_AGE``)."""
+        self.catalog.probe(HEALTH_PROBE_AGE)
+        if self.catalog.state == "error":
+            return APIError(503, f"The upstream is unreachable: {self.catalog.reason}.", type="server_error",
+                            code="upstream_unavailable", headers=[("retry-after", "1")])
+        return None
 
     async def start(self) -> None:
         self.catalog.start()
@@ -226,6 +238,7 @@ class RemoteBackend(Backend):
         raw, answer, lossy = await self._read_object(response)
         if answer.get("error") and "choices" not in answer and "data" not in answer:
             message = normalise.parse_error_body(raw)[0] or "no message"
+            self.metrics.upstream_error("error_event")
             raise self.bad_gateway(f"The upstream reported an error: {message}")
         return answer, lossy
 
@@ -252,6 +265,7 @@ class RemoteBackend(Backend):
         except ValueError:
             obj, lossy = None, False
         if not isinstance(obj, dict):
+            self.metrics.upstream_error("protocol")
             raise self.bad_gateway("The upstream answered with a body that is not a JSON object.")
         return body, obj, lossy
 
@@ -315,17 +329,21 @@ class RemoteBackend(Backend):
         """The error a client sees for an upstream's non-2xx answer."""
         message, type_, param, code = normalise.parse_error_body(body)
         status = response.status
+        self.metrics.upstream_error("status_4xx" if status < 500 else "status_5xx")
         if 400 <= status < 500 or status == 501:  # 501: the upstream does not do what was asked
             headers = [("retry-after", response.header("retry-after"))] if response.header("retry-after") else []
             return APIError(400 if status == 501 else status,
                             message or f"The upstream refused the request ({status} {response.reason}).",
                             type=type_ or "invalid_request_error", param=param, code=code, headers=headers)
-        log.warning("upstream %s answered %d: %s", self.base_url, status, message or body[:200])
+        log.warning("upstream %s answered %d: %s", self.base_url, status,
+                    message or body[:200].decode("utf-8", "replace"))
         detail = f": {message}" if message else "."
         return self.bad_gateway(f"The upstream server failed with status {status}{detail}")
 
     def transport_error(self, exc: HTTPClientError) -> APIError:
         log.warning("upstream %s: %s", self.base_url, exc)
+        self.metrics.upstream_error("connect_timeout" if isinstance(exc, ConnectTimeout) else "read_timeout"
+                                    if isinstance(exc, ReadTimeout) else "connect")
         if isinstance(exc, ConnectTimeout):
             return APIError(504, f"Could not connect to the upstream server within "
                                  f"{self.config.connect_timeout:g} seconds.",

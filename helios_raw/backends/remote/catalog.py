@@ -65,6 +65,11 @@ class UpstreamCatalog:
         if self.fetched_at is None:
             await asyncio.shield(self._task)
 
+    def probe(self, max_age: float) -> None:
+        """Ask again in the background if the list is older than ``max_age`` seconds."""
+        if self.fetched_at is not None and time.monotonic() - self.fetched_at >= max_age and self._task is None:
+            self._task = asyncio.ensure_future(self._fetch())
+
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()

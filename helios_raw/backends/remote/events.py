@@ -59,14 +59,20 @@ class RemoteStream(ChunkStream):
                         return
                     obj, lossy = parse_event(name, data)
                     if name == "error" or obj.get("error"):
+                        self.backend.metrics.upstream_error("error_event")
                         raise_error_event(obj)
                     self._send(sink, normaliser.chunk(obj, lossy))
                 await sink.drain()
         except HTTPClientError as exc:
             raise self.backend.transport_error(exc) from None
         except MalformedStream as exc:
+            self.backend.metrics.upstream_error("protocol")
             raise self.backend.bad_gateway(str(exc)) from None
-        # The body ended without [DONE]: a complete body is an ended stream.
+        if not self.response.framed:  # the connection closed: maybe the stream was cut short
+            self.backend.metrics.upstream_error("protocol")
+            raise self.backend.bad_gateway("The upstream's stream ended without [DONE] and without a marked end "
+                                           "of body, so it may have been cut short.")
+        # A whole body that ends without [DONE] is an ended stream.
         self._send(sink, normaliser.finish())
 
     @staticmethod
@@ -109,6 +115,7 @@ class EventRelay:
         except HTTPClientError as exc:
             raise self.backend.transport_error(exc) from None
         except MalformedStream as exc:
+            self.backend.metrics.upstream_error("protocol")
             raise self.backend.bad_gateway(str(exc)) from None
 
 
@@ -118,23 +125,36 @@ class SSEDecoder:
     :meth:`feed` returns the ``(event name, data)`` of every event completed by the piece: ``data``
     is the event's ``data:`` lines joined with ``\\n`` (bytes, undecoded, so a UTF-8 character
     split between pieces is never cut); the name is ``"message"`` unless an ``event:`` line set it.
-    Comment lines (``:...``) and other fields are skipped; lines end in LF or CRLF.
+    Comment lines (``:...``) and other fields are skipped; lines end in LF or CRLF. A line still
+    arriving is kept in pieces and joined once, when it ends, so a long line costs time in
+    proportion to its length, however finely it is cut.
     """
 
-    __slots__ = ("_partial", "_data", "_name", "_limit")
+    __slots__ = ("_partial", "_partial_bytes", "_data", "_name", "_limit")
 
     def __init__(self, limit: int = MAX_EVENT_BYTES) -> None:
-        self._partial = b""
+        self._partial: list[bytes] = []
+        self._partial_bytes = 0
         self._data: list[bytes] = []
         self._name = "message"
         self._limit = limit
 
     def feed(self, piece: bytes) -> list[tuple[str, bytes]]:
+        if b"\n" not in piece:
+            self._partial.append(piece)
+            self._partial_bytes += len(piece)
+            if self._partial_bytes > self._limit:
+                raise MalformedStream(f"The upstream sent an event line longer than {self._limit} bytes.")
+            return []
         if self._partial:
-            piece = self._partial + piece
+            piece = b"".join(self._partial) + piece
+            self._partial.clear()
         lines = piece.split(b"\n")
-        self._partial = lines.pop()
-        if len(self._partial) > self._limit:
+        rest = lines.pop()
+        self._partial_bytes = len(rest)
+        if rest:
+            self._partial.append(rest)
+        if self._partial_bytes > self._limit:
             raise MalformedStream(f"The upstream sent an event line longer than {self._limit} bytes.")
         events = []
         for line in lines:
