@@ -25,16 +25,6 @@ JSON = [("Content-Type", "application/json")]
 
 #: Markers of tests written against the Backend contract for what the local backend does not serve
 #: yet; they are deselected until it does.
-PENDING_LOCAL = ("needs_local_completions", "needs_local_embeddings")
-
-
-def pytest_collection_modifyitems(config, items) -> None:
-    pending = [item for item in items if any(item.get_closest_marker(m) for m in PENDING_LOCAL)]
-    if pending:
-        config.hook.pytest_deselected(items=pending)
-        items[:] = [item for item in items if item not in pending]
-
-
 # -- the tiny model and servers of it ------------------------------------------------------------
 
 

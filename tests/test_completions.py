@@ -13,7 +13,7 @@ import pytest
 
 from helios_raw import Agent, Config, RemoteConfig, Server, ServerBuilder
 from helios_raw.backends.remote import RemoteBackend
-from tests.conftest import error_of, local_server
+from tests.conftest import counts, error_of, local_server
 from tests.support.apis import post_json
 from tests.support.completions import (
     streamed_text,
@@ -215,12 +215,12 @@ def test_local_completion_default_length_echo_logprobs_and_stop(local) -> None:
 
 @pytest.mark.needs_local_completions
 def test_local_completion_of_several_prompts_streamed(local) -> None:
-    body = {"model": "tiny", "prompt": ["hello world", [10, 20, 30]], "max_tokens": 4, "temperature": 0}
+    body = {"model": "tiny", "prompt": ["hello world", "tell me"], "max_tokens": 4, "temperature": 0}
     whole = text_completion(local.port, body)
     assert [c["index"] for c in whole["choices"]] == [0, 1]
     chunks = text_stream(local.port, {**body, "stream_options": {"include_usage": True}})
     assert [streamed_text(chunks, i) for i in (0, 1)] == [c["text"] for c in whole["choices"]]
-    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]
+    assert chunks[-1]["choices"] == [] and counts(chunks[-1]["usage"]) == counts(whole["usage"])
     assert len({c["id"] for c in chunks}) == 1
 
 

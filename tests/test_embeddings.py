@@ -137,3 +137,12 @@ def test_local_embeddings_with_the_openai_sdk(local) -> None:
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{local.port}/v1", api_key="unused", max_retries=0)
     answer = client.embeddings.create(model="tiny", input=["hello world", "the cat"])
     assert len(answer.data) == 2 and len(answer.data[0].embedding) == 64
+
+
+def test_a_model_without_pooling_embeds_with_the_mean_of_its_states(tiny_model_path) -> None:
+    """The tiny chat model declares no pooling: its vector is the mean of its tokens' states."""
+    with local_server(tiny_model_path) as server:
+        answer = embeddings(server.port, {"model": "tiny", "input": ["hello world", "the cat", "hello world"]})
+    vectors = [item["embedding"] for item in answer["data"]]
+    assert vectors[0] == pytest.approx(vectors[2]) and vectors[0] != pytest.approx(vectors[1])
+    assert all(math.isclose(math.fsum(x * x for x in v), 1.0, rel_tol=1e-4) for v in vectors)

@@ -4,9 +4,10 @@ A request is translated into a chat completion (:mod:`.request`), answered by th
 any chat request, and its answer translated back (:mod:`.events`). Every error under
 ``/v1/messages`` is in Anthropic's shape (:mod:`.errors`).
 
-``count_tokens`` asks the backend for a one-token answer to the translated request and reports
-the prompt tokens it counted: the model's own tokenizer and chat template (tool definitions and,
-for an agent, its system prompt included), at the cost of one generated token.
+``count_tokens`` counts the translated request's prompt with the model's own tokenizer and chat
+template (tool definitions included) where the backend can do so without generating (the local
+model); else it asks for a one-token answer and reports the prompt tokens counted (an upstream,
+or an agent, whose system prompt counts too), at the cost of one generated token.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ class MessagesRoutes:
         parsed = parse_messages_request(request.json(), counting=True)
         chat = parsed.chat
         self.backend.check_request(chat.model, self.strict_models)
+        counted = await self.backend.count_tokens(chat, request.cancelled)
+        if counted is not None:
+            return JSONResponse({"input_tokens": counted})
         chat.max_tokens, chat.temperature = 1, 0.0
         chat.raw = {**chat.raw, "max_tokens": 1, "temperature": 0}
         answer = answer_of(await self.backend.complete(chat, request.cancelled))

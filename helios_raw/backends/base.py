@@ -154,6 +154,11 @@ class Backend(abc.ABC):
         encoded as ``request.encoding_format`` asks (see :func:`~helios_raw.openai.embeddings.embedding_list`)."""
         raise unsupported_route(request.model, "/v1/embeddings", "embeddings")
 
+    async def count_tokens(self, request: ChatRequest, cancel: Cancellation) -> Optional[int]:
+        """The prompt tokens ``request`` would take, counted without generating; None when the
+        backend can't tell without asking its model for an answer."""
+        return None
+
 
 class BackendError(Exception):
     """A backend cannot start; the message is one sentence for the operator."""

@@ -189,6 +189,9 @@ class ModelRouter(Backend):
     async def embed(self, request: EmbeddingRequest, cancel: Cancellation) -> dict:
         return await self._call(request.model, cancel, lambda backend: backend.embed(request, cancel))
 
+    async def count_tokens(self, request: ChatRequest, cancel: Cancellation) -> Optional[int]:
+        return await self._call(request.model, cancel, lambda backend: backend.count_tokens(request, cancel))
+
     async def _call(self, model: str, cancel: Cancellation, call: Callable[[Backend], Awaitable]):
         entry = await self._resolve(model)
         backend = await self._acquire(entry, cancel)

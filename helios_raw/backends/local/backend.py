@@ -24,19 +24,23 @@ from typing import Optional
 
 from ...cancel import Cancellation, ClientGone
 from ...config import LocalConfig
-from ...errors import APIError, shutting_down
+from ...errors import APIError, bad_request, shutting_down
 from ...metrics import RequestMetrics
+from ...openai.completions import CompletionRequest, text_choice, text_completion
+from ...openai.embeddings import EmbeddingRequest, embedding_list
 from ...openai.objects import ChunkFactory, assistant_message, completion, usage
 from ...openai.schema import ChatRequest
 from ...sink import ChunkSink
 from ..base import Backend, BackendError, ChunkStream
 from .admission import Admission, Ticket
 from .chat_formats import ChatFormat
+from .completions import TextStream, logprobs_of, prompt_text, text_job
+from .embeddings import check_dimensions
 from .engine import Engine
 from .job import Job, make_job, sampler_chain
 from .model import LLAMA_CPP_MISSING, LoadedModel
 from .model_files import expected_model_stem, resolve_model_path
-from .sequence import Outcome, Sequence
+from .sequence import ChatRender, Outcome, Sequence
 
 log = logging.getLogger("helios_raw.local")
 
@@ -152,9 +156,9 @@ class LocalBackend(Backend):
     # -- chat completions --------------------------------------------------------------------
 
     async def complete(self, request: ChatRequest, cancel: Cancellation) -> dict:
-        ticket, job, chain, metrics = await self._prepare(request, cancel)
+        ticket, job, chain, metrics = await self._prepare(request.model, cancel, self._job, request)
         sequence = Sequence(job, chain, cancel, time.monotonic() + self.config.request_timeout, metrics)
-        outcome = await self._run(ticket, sequence)
+        outcome = await self.run(ticket, sequence)
         content = None if outcome.tool_calls else "".join(sequence.parts)
         logprobs = {"content": sequence.logprobs, "refusal": None} if job.top_logprobs is not None else None
         result = completion(
@@ -166,31 +170,114 @@ class LocalBackend(Backend):
         return result
 
     async def open_stream(self, request: ChatRequest, cancel: Cancellation) -> ChunkStream:
-        ticket, job, chain, metrics = await self._prepare(request, cancel)
+        ticket, job, chain, metrics = await self._prepare(request.model, cancel, self._job, request)
         return LocalStream(self, ticket, job, chain, metrics, cancel, request.include_usage)
 
-    async def _prepare(self, request: ChatRequest, cancel: Cancellation) -> tuple[Ticket, Job, object, RequestMetrics]:
-        """A place in line, then the job and its sampler chain (made off the loop)."""
+    # -- text completions, embeddings, counting ----------------------------------------------
+
+    @property
+    def context_length(self) -> Optional[int]:
+        return self._model.n_ctx if self._model is not None else self.config.context_size
+
+    async def complete_text(self, request: CompletionRequest, cancel: Cancellation) -> dict:
+        choices, counts = [], [0, 0, 0]
+        for index, prompt in enumerate(request.prompts):
+            ticket, job, chain, metrics = await self.prepare_text(request, prompt, cancel)
+            echoed = request.echo and request.logprobs is not None
+            sequence = Sequence(job, chain, cancel, time.monotonic() + self.config.request_timeout, metrics,
+                                prompt_logprobs=request.logprobs if echoed else None)
+            outcome = await self.run(ticket, sequence)
+            text = "".join(sequence.parts)
+            logprobs = None
+            if request.logprobs is not None:
+                logprobs = logprobs_of(self._model, job.prompt if echoed else None, sequence.prompt_entries,
+                                       sequence.logprobs)
+            if request.echo:
+                text = prompt_text(self._model, prompt) + text
+            choices.append(text_choice(index, text, outcome.finish_reason, logprobs))
+            for i, count in enumerate((len(job.prompt), outcome.completion_tokens, outcome.cached_tokens)):
+                counts[i] += count
+        return text_completion(self.model_id, choices, usage(*counts), fingerprint=self.fingerprint)
+
+    async def open_text_stream(self, request: CompletionRequest, cancel: Cancellation) -> ChunkStream:
+        return TextStream(self, request, await self.prepare_text(request, request.prompts[0], cancel), cancel)
+
+    async def embed(self, request: EmbeddingRequest, cancel: Cancellation) -> dict:
+        model = self._serving(request.model)
+        check_dimensions(request.dimensions, model.n_embd)
+        inputs = [model.raw_tokens(i) if isinstance(i, str) else list(i) for i in request.inputs]
+        bad = [t for tokens in inputs for t in tokens if not 0 <= t < model.n_vocab]
+        if bad:
+            raise bad_request(f"'input' holds token {bad[0]}, but the model's vocabulary has tokens 0 to "
+                              f"{model.n_vocab - 1}.", "input")
+        vectors = await cancel.guard(asyncio.shield(self._engine.call(lambda m: m.embedder().embed(inputs))))
+        return embedding_list(self.model_id, vectors, sum(map(len, inputs)), request.encoding_format)
+
+    async def count_tokens(self, request: ChatRequest, cancel: Cancellation) -> Optional[int]:
+        model = self._serving(request.model)
+        tools = request.tools if request.tools and request.tool_choice != "none" else None
+        return len(await cancel.guard(asyncio.get_running_loop().run_in_executor(
+            None, model.prompt_tokens, request.messages, tools)))
+
+    # -- running a request -------------------------------------------------------------------
+
+    def _serving(self, model_name: str) -> LoadedModel:
+        """The loaded model; the 503 a request gets when there is none."""
         model = self._model
         if model is None:
             if self._admission.closed:
                 raise shutting_down()
-            self.check_request(request.model, False)
+            self.check_request(model_name, False)
             raise shutting_down()
+        return model
+
+    async def _prepare(self, model_name: str, cancel: Cancellation, make, *args) -> tuple:
+        """A place in line, then ``make(model, *args)``'s job and sampler chain (made off the
+        loop), and the request's metrics."""
+        model = self._serving(model_name)
         ticket = self._admission.reserve(cancel)
         metrics = self.metrics.request()
+
+        def build() -> tuple:  # tokenising and parsing a grammar may take a while
+            job = make(model, *args)
+            return job, sampler_chain(model.lc, model, job)
+
+        built = asyncio.get_running_loop().run_in_executor(None, build)
         try:
-            return ticket, *await cancel.guard(asyncio.get_running_loop().run_in_executor(
-                None, self._job, model, request)), metrics
+            job, chain = await cancel.guard(asyncio.shield(built))
         except BaseException:
             self._admission.release(ticket)
+            built.add_done_callback(lambda done: self._discard(done, model))
             raise
+        return ticket, job, chain, metrics
 
-    def _job(self, model: LoadedModel, request: ChatRequest) -> tuple[Job, object]:
-        job = make_job(self.config, model, request)
-        return job, sampler_chain(model.lc, model, job)
+    @staticmethod
+    def _discard(built: asyncio.Future, model: LoadedModel) -> None:
+        """Free the sampler chain of a job whose client left while it was being made."""
+        if not built.cancelled() and built.exception() is None:
+            model.lc.llama_sampler_free(built.result()[1])
 
-    async def _run(self, ticket: Ticket, sequence: Sequence) -> Outcome:
+    async def prepare_text(self, request: CompletionRequest, prompt, cancel: Cancellation) -> tuple:
+        """``_prepare`` for one prompt of a text completion."""
+        return await self._prepare(request.model, cancel, self._text_job, request, prompt)
+
+    def discard(self, ticket: Ticket, job: Job, chain) -> None:
+        """Give back a prepared request that will not run: its place in line and its sampler."""
+        self._admission.release(ticket)
+        if chain is not None and self._model is not None:
+            self._model.lc.llama_sampler_free(chain)
+
+    @property
+    def model(self) -> Optional[LoadedModel]:
+        return self._model
+
+    def _job(self, model: LoadedModel, request: ChatRequest) -> Job:
+        return make_job(self.config, model, request)
+
+    def _text_job(self, model: LoadedModel, request: CompletionRequest, prompt) -> Job:
+        return text_job(self.config, model, request, prompt)
+
+    async def run(self, ticket: Ticket, sequence: Sequence) -> Outcome:
         """Wait for a slot, run ``sequence`` in the engine, and return how it ended (raising
         what its end means for the client)."""
         sequence.ticket = ticket
@@ -247,8 +334,8 @@ class LocalStream(ChunkStream):
         chunks = ChunkFactory(backend.model_id, backend.fingerprint, include_usage=self.include_usage)
         sink.send(chunks.role())
         sequence = Sequence(self.job, self.chain, self.cancel, time.monotonic() + backend.config.request_timeout,
-                            self.metrics, sink, chunks)
-        outcome = await backend._run(self.ticket, sequence)
+                            self.metrics, sink, ChatRender(chunks, self.job.top_logprobs is not None))
+        outcome = await backend.run(self.ticket, sequence)
         finish = chunks.finish(outcome.finish_reason)
         if outcome.stop is not None:
             finish["choices"][0]["stop_reason"] = outcome.stop
@@ -259,6 +346,4 @@ class LocalStream(ChunkStream):
     def __del__(self) -> None:
         # Never run (its response was never sent): give back the place in line and the sampler.
         if not self._started:
-            self.backend._admission.release(self.ticket)
-            if self.chain is not None and self.backend._model is not None:
-                self.backend._model.lc.llama_sampler_free(self.chain)
+            self.backend.discard(self.ticket, self.job, self.chain)

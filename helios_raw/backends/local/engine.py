@@ -28,13 +28,14 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Callable, Optional
+from typing import Callable, Optional, TypeVar
 
-from ...errors import server_error
+from ...errors import server_error, shutting_down
 from .model import LoadedModel
 from .sequence import Sequence
 
 log = logging.getLogger("helios_raw.local")
+T = TypeVar("T")
 
 #: Seconds between the loop's collections of output while the engine keeps producing it.
 FLUSH_INTERVAL = 0.001
@@ -132,6 +133,7 @@ class Engine:
         self._on_end = on_end
         self._wake = threading.Condition()
         self._incoming: deque[Sequence] = deque()
+        self._calls: deque = deque()  # (work, future): run on the thread between steps
         self._stopping = False
         self._thread: Optional[threading.Thread] = None
         self._running: list[Optional[Sequence]] = [None] * slots
@@ -175,6 +177,14 @@ class Engine:
             self._incoming.append(sequence)
             self._wake.notify()
 
+    def call(self, work: Callable[[LoadedModel], T]) -> "asyncio.Future[T]":
+        """Run ``work(model)`` on the engine's thread between two steps; a future of its result."""
+        future = self.outbox.loop.create_future()
+        with self._wake:
+            self._calls.append((work, future))
+            self._wake.notify()
+        return future
+
     def wake(self) -> None:
         with self._wake:
             self._wake.notify()
@@ -212,17 +222,26 @@ class Engine:
             self.model.close()
 
     def _next_work(self) -> bool:
-        """Wait until something can run; False once stopping."""
-        with self._wake:
-            while True:
+        """Wait until a step can run, running calls meanwhile; False once stopping."""
+        while True:
+            with self._wake:
                 if self._stopping:
                     return False
                 while self._incoming:
                     self._admit(self._incoming.popleft())
-                if self._runnable():
-                    return True
-                self._wake.wait(POLL_INTERVAL if any(self._running) else None)
-                self._drop_finished()
+                calls, self._calls = self._calls, deque()
+                if not calls:
+                    if self._runnable():
+                        return True
+                    self._wake.wait(POLL_INTERVAL if any(self._running) else None)
+                    self._drop_finished()
+                    continue
+            for work, future in calls:  # outside the lock: the loop may hand over work meanwhile
+                try:
+                    result, error = work(self.model), None
+                except Exception as exc:  # an APIError for its caller, or a failure to report
+                    result, error = None, exc
+                self.outbox.loop.call_soon_threadsafe(_settle, future, result, error)
 
     def _runnable(self) -> bool:
         self._drop_finished()
@@ -235,7 +254,8 @@ class Engine:
         slot = max(free, key=lambda i: shared[i])
         if shared[slot] < SIMILARITY * len(prompt):
             slot = min(free, key=lambda i: self._last_used[i])
-        reuse = min(shared[slot], len(prompt) - 1)
+        # a prompt whose every token's logprob is asked for is evaluated whole
+        reuse = 0 if sequence.prompt_logprobs is not None else min(shared[slot], len(prompt) - 1)
         lc, model = self.model.lc, self.model
         if not lc.llama_memory_seq_rm(model.memory, slot, reuse, -1):
             lc.llama_memory_seq_rm(model.memory, slot, 0, -1)
@@ -278,12 +298,13 @@ class Engine:
                 break
             prompt, start = sequence.job.prompt, sequence.evaluated
             end = min(len(prompt), start + budget)
+            every = sequence.prompt_logprobs is not None
             for position in range(start, end):
-                _put(batch, n, prompt[position], position, sequence.slot, position == len(prompt) - 1)
+                _put(batch, n, prompt[position], position, sequence.slot, every or position == len(prompt) - 1)
                 n += 1
             if end == len(prompt):
                 rows.append((sequence, n - 1))
-            prefills.append((sequence, start, end))
+            prefills.append((sequence, start, end, n - (end - start)))
             budget -= end - start
         if n == 0:
             return
@@ -291,9 +312,11 @@ class Engine:
         self.steps += 1
         status = lc.llama_decode(model.ctx.ctx, batch)
         if status != 0:
-            self._fail([s for s, _ in rows] + [s for s, _, _ in prefills], f"llama_decode returned {status}")
+            self._fail([s for s, _ in rows] + [s for s, *_ in prefills], f"llama_decode returned {status}")
             return
-        for sequence, start, end in prefills:
+        for sequence, start, end, first_row in prefills:
+            if sequence.prompt_logprobs is not None:
+                _prompt_logprobs(model, sequence, start, end, first_row)
             self._cached[sequence.slot].extend(sequence.job.prompt[start:end])
             sequence.evaluated = end
             if end == len(sequence.job.prompt):
@@ -345,6 +368,9 @@ class Engine:
         with self._wake:
             waiting = list(self._incoming)
             self._incoming.clear()
+            calls, self._calls = self._calls, deque()
+        for _, future in calls:
+            self.outbox.loop.call_soon_threadsafe(_settle, future, None, shutting_down())
         for sequence in [s for s in self._running if s is not None] + waiting:
             if error:
                 sequence.outcome.error = server_error("The model failed while generating; see the server log.")
@@ -379,6 +405,18 @@ def _put(batch, row: int, token: int, position: int, slot: int, logits: bool) ->
     batch.n_seq_id[row] = 1
     batch.seq_id[row][0] = slot
     batch.logits[row] = logits
+
+
+def _prompt_logprobs(model: LoadedModel, sequence: Sequence, start: int, end: int, first_row: int) -> None:
+    """Read the logprob entries of prompt tokens ``start + 1`` to ``end`` (each from the row of
+    the token before it); the first prompt token has none."""
+    prompt, entries = sequence.job.prompt, sequence.prompt_entries
+    if start == 0:
+        entries.append(None)
+    for position in range(start, min(end, len(prompt) - 1)):
+        token = prompt[position + 1]
+        entries.append(model.logprob(first_row + position - start, token, model.piece(token)[0],
+                                     sequence.prompt_logprobs))
 
 
 def _shared_prefix(cached: list[int], prompt: list[int]) -> int:

@@ -59,29 +59,36 @@ class Job:
     client_stops: tuple = ()
 
 
+def sampled_job(config: LocalConfig, model: "LoadedModel", request) -> Job:
+    """A job with ``request``'s sampling settings (a chat or a text completion request; the
+    defaults where it leaves them out), its prompt and length still to be set."""
+    job = Job(
+        prompt=[], max_new_tokens=0, stop=list(request.stop), client_stops=tuple(request.stop),
+        temperature=config.temperature if request.temperature is None else request.temperature,
+        top_p=DEFAULT_TOP_P if request.top_p is None else request.top_p,
+        top_k=DEFAULT_TOP_K if request.top_k is None else request.top_k,
+        min_p=DEFAULT_MIN_P if request.min_p is None else request.min_p,
+        repeat_penalty=DEFAULT_REPEAT_PENALTY if request.repeat_penalty is None else request.repeat_penalty,
+        presence_penalty=request.presence_penalty or 0.0,
+        frequency_penalty=request.frequency_penalty or 0.0,
+        seed=(request.seed if request.seed is not None else config.seed if config.seed is not None
+              else random.getrandbits(32)) & 0xFFFFFFFF,
+    )
+    if request.logit_bias:
+        bad = [t for t in request.logit_bias if not 0 <= t < model.n_vocab]
+        if bad:
+            raise bad_request(f"'logit_bias' names token {bad[0]}, but the model's vocabulary has tokens "
+                              f"0 to {model.n_vocab - 1}.", "logit_bias")
+        job.logit_bias = dict(request.logit_bias)
+    return job
+
+
 def make_job(config: LocalConfig, model: "LoadedModel", chat: ChatRequest) -> Job:
     """Validate what only the model can judge, render and tokenise the prompt. Raises a 400
     ``APIError`` naming the parameter at fault."""
     tools = chat.tools if chat.tools and chat.tool_choice != "none" else None
-    job = Job(
-        prompt=[], max_new_tokens=0, stop=list(chat.stop), client_stops=tuple(chat.stop),
-        temperature=config.temperature if chat.temperature is None else chat.temperature,
-        top_p=DEFAULT_TOP_P if chat.top_p is None else chat.top_p,
-        top_k=DEFAULT_TOP_K if chat.top_k is None else chat.top_k,
-        min_p=DEFAULT_MIN_P if chat.min_p is None else chat.min_p,
-        repeat_penalty=DEFAULT_REPEAT_PENALTY if chat.repeat_penalty is None else chat.repeat_penalty,
-        presence_penalty=chat.presence_penalty or 0.0,
-        frequency_penalty=chat.frequency_penalty or 0.0,
-        seed=(chat.seed if chat.seed is not None else config.seed if config.seed is not None
-              else random.getrandbits(32)) & 0xFFFFFFFF,
-        top_logprobs=(chat.top_logprobs or 0) if chat.logprobs else None,
-    )
-    if chat.logit_bias:
-        bad = [t for t in chat.logit_bias if not 0 <= t < model.n_vocab]
-        if bad:
-            raise bad_request(f"'logit_bias' names token {bad[0]}, but the model's vocabulary has tokens "
-                              f"0 to {model.n_vocab - 1}.", "logit_bias")
-        job.logit_bias = dict(chat.logit_bias)
+    job = sampled_job(config, model, chat)
+    job.top_logprobs = (chat.top_logprobs or 0) if chat.logprobs else None
     if tools:
         job.tool_names = frozenset(t["function"]["name"] for t in tools)
         choice = chat.tool_choice or "auto"

@@ -24,12 +24,15 @@ import ctypes
 import logging
 import math
 import re
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from ...config import LocalConfig
 from ..base import BackendError
 from .chat_formats import ChatFormat, choose_chat_format
 from .platform import cpu_advertises_amx, physical_cores, quiet_openmp_waits
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .embeddings import Embedder
 
 log = logging.getLogger("helios_raw.local")
 llama_log = logging.getLogger("helios_raw.llama")
@@ -59,7 +62,7 @@ class LoadedModel:
         model_params.n_gpu_layers = config.n_gpu_layers
         model_params.use_extra_bufts = not cpu_advertises_amx()
         try:
-            self._model = _internals.LlamaModel(path_model=path, params=model_params, verbose=False)
+            self.weights = _internals.LlamaModel(path_model=path, params=model_params, verbose=False)
         except (ValueError, RuntimeError):
             raise BackendError(
                 f"llama.cpp could not load {path}: the file may be truncated or corrupt, or made for a "
@@ -68,10 +71,12 @@ class LoadedModel:
             self.ctx = self._context(llama_cpp, _internals, config, slots, chunk)
             self._describe_vocabulary(config)
         except BaseException:
-            self._model.close()
+            self.weights.close()
             raise
         self.slots = slots
         self.batch_size = chunk + slots
+        self.n_embd = self.weights.n_embd()
+        self._embedder: Optional["Embedder"] = None
 
     def _context(self, lc, internals, config: LocalConfig, slots: int, chunk: int):
         params = lc.llama_context_default_params()
@@ -84,7 +89,7 @@ class LoadedModel:
                                   else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         params.no_perf = True
         try:
-            context = internals.LlamaContext(model=self._model, params=params, verbose=False)
+            context = internals.LlamaContext(model=self.weights, params=params, verbose=False)
         except (ValueError, RuntimeError):
             raise BackendError(f"llama.cpp could not make a context of {config.context_size} tokens for "
                                f"{slots} slots; lower context_size or parallel.") from None
@@ -93,7 +98,7 @@ class LoadedModel:
         return context
 
     def _describe_vocabulary(self, config: LocalConfig) -> None:
-        model, lc = self._model, self.lc
+        model, lc = self.weights, self.lc
         self.vocab = model.vocab
         self.n_vocab = model.n_vocab()
         self.bos = model.token_bos()
@@ -122,10 +127,20 @@ class LoadedModel:
         self._pieces: dict[int, tuple[bytes, bool]] = {}
         self._piece_buffer = ctypes.create_string_buffer(256)
 
+    def embedder(self) -> "Embedder":
+        """The embedding context of these weights, made on first use (engine thread)."""
+        if self._embedder is None:
+            from .embeddings import Embedder
+
+            self._embedder = Embedder(self, self.n_ctx)
+        return self._embedder
+
     def close(self) -> None:
-        """Free the context and the model (engine thread, once nothing decodes)."""
+        """Free the contexts and the model (engine thread, once nothing decodes)."""
+        if self._embedder is not None:
+            self._embedder.close()
         self.ctx.close()
-        self._model.close()
+        self.weights.close()
 
     # -- any thread --------------------------------------------------------------------------
 
@@ -143,9 +158,13 @@ class LoadedModel:
             tokens.insert(0, self.bos)
         return tokens
 
-    def text_tokens(self, text: str) -> list[int]:
-        """``text`` as tokens, control-token names included as plain text."""
-        return self._tokenize(text, special=False)
+    def raw_tokens(self, text: str) -> list[int]:
+        """A raw prompt as the model reads text: its control tokens recognised, a BOS first when
+        the model wants one."""
+        tokens = self._tokenize(text, special=True)
+        if self.add_bos and (not tokens or tokens[0] != self.bos):
+            tokens.insert(0, self.bos)
+        return tokens
 
     def _user_spans(self, text: str, messages: list[dict]) -> list[tuple[int, int]]:
         """Where ``text`` holds message content that spells a control token, in order."""
@@ -170,7 +189,7 @@ class LoadedModel:
         return spans
 
     def _tokenize(self, text: str, special: bool) -> list[int]:
-        return self._model.tokenize(text.encode("utf-8"), False, special) if text else []
+        return self.weights.tokenize(text.encode("utf-8"), False, special) if text else []
 
     def _one_token(self, text: str) -> Optional[int]:
         """The id of ``text`` if the vocabulary holds it as a single token."""

@@ -50,7 +50,8 @@ class Sequence:
     """See the module docstring. ``sink`` and ``chunks`` are set for a streamed answer."""
 
     def __init__(self, job: Job, chain, cancel: Cancellation, deadline: float, metrics: RequestMetrics,
-                 sink: Optional[ChunkSink] = None, chunks: Optional[ChunkFactory] = None) -> None:
+                 sink: Optional[ChunkSink] = None, render: Optional["ChatRender"] = None,
+                 prompt_logprobs: Optional[int] = None) -> None:
         self.job = job
         self.chain = chain
         #: Its life as metrics report it: ``started`` on admission, ``token`` per token.
@@ -58,7 +59,14 @@ class Sequence:
         self.cancel = cancel
         self.deadline = deadline
         self.sink = sink
-        self.chunks = chunks
+        #: Makes the chunks of a streamed answer (None: the answer is collected).
+        self.render = render
+        #: None, or how many alternatives each prompt token's logprob entry lists (the prompt is
+        #: then evaluated whole, every position's logits read into ``prompt_entries``).
+        self.prompt_logprobs = prompt_logprobs
+        self.prompt_entries: list = []
+        #: The prompt's text, streamed first once the prompt is evaluated (a text completion's echo).
+        self.echo: Optional[str] = None
         self.done: asyncio.Future = asyncio.get_running_loop().create_future()
         self.outcome = Outcome()
         self.slot = -1
@@ -102,6 +110,10 @@ class Sequence:
         piece, is_end = model.piece(token)
         if not self.first_token_at:
             self.first_token_at = time.monotonic()
+            if self.echo is not None:
+                self.outbox.put(self, self.render.echo(self.echo, self.job.prompt, self.prompt_entries))
+        if self.job.max_new_tokens <= 0:
+            return self._end("length")
         if is_end:
             return self._end("stop")
         outcome = self.outcome
@@ -132,19 +144,37 @@ class Sequence:
         return False
 
     def _content(self, text: str, logprobs: Optional[list]) -> None:
-        if self.chunks is None:
+        if self.render is None:
             self.parts.append(text)
             if logprobs:
                 self.logprobs.extend(logprobs)
             return
-        wrapped = None if self.job.top_logprobs is None else {"content": logprobs or [], "refusal": None}
-        self.outbox.put(self, self.chunks.content(text, wrapped))
+        self.outbox.put(self, self.render.content(text, logprobs))
 
     def _call_start(self, index: int, call_id: str, name: str) -> None:
-        if self.chunks is not None:
-            self.outbox.put(self, self.chunks.chunk({"tool_calls": [{
-                "index": index, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}]}))
+        if self.render is not None:
+            self.outbox.put(self, self.render.call(index, call_id, name))
 
     def _call_arguments(self, index: int, text: str) -> None:
-        if self.chunks is not None:
-            self.outbox.put(self, self.chunks.chunk({"tool_calls": [{"index": index, "function": {"arguments": text}}]}))
+        if self.render is not None:
+            self.outbox.put(self, self.render.arguments(index, text))
+
+
+class ChatRender:
+    """The ``chat.completion.chunk`` objects of a streamed chat answer's pieces."""
+
+    __slots__ = ("chunks", "logprobs")
+
+    def __init__(self, chunks: ChunkFactory, logprobs: bool) -> None:
+        self.chunks = chunks
+        self.logprobs = logprobs
+
+    def content(self, text: str, logprobs: Optional[list]) -> dict:
+        return self.chunks.content(text, {"content": logprobs or [], "refusal": None} if self.logprobs else None)
+
+    def call(self, index: int, call_id: str, name: str) -> dict:
+        return self.chunks.chunk({"tool_calls": [{
+            "index": index, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}]})
+
+    def arguments(self, index: int, text: str) -> dict:
+        return self.chunks.chunk({"tool_calls": [{"index": index, "function": {"arguments": text}}]})
