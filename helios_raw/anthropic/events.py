@@ -17,10 +17,11 @@ from typing import Optional
 
 import orjson
 
+from ..answers import Answer
 from ..errors import APIError
 from ..http.sse import named_sse_frame
 from ..ids import new_id
-from ..translation import Answer, ChunkTranslator
+from ..translation import ChunkTranslator
 from .errors import error_object
 
 MESSAGE_ID_PREFIX = "msg_"

@@ -12,11 +12,12 @@ or an agent, whose system prompt counts too), at the cost of one generated token
 
 from __future__ import annotations
 
+from ..answers import answer_of
 from ..backends.base import Backend
 from ..http.request import Request
 from ..http.response import JSONResponse
 from ..openai.handlers import require_json
-from ..translation import answer_of, translated_response
+from ..translation import translated_response
 from .errors import render_error
 from .events import MessagesTranslator, message_object
 from .request import parse_messages_request

@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 from typing import Optional
 
+from ..answers import Answer
 from ..errors import APIError
 from ..ids import new_id
-from ..translation import Answer
 from .request import ResponsesRequest
 
 RESPONSE_ID_PREFIX = "resp_"

@@ -15,6 +15,7 @@ from typing import Optional
 
 import orjson
 
+from ..answers import answer_of
 from ..backends.base import Backend
 from ..backends.remote import EventRelay, RemoteBackend
 from ..cancel import ClientGone
@@ -23,7 +24,7 @@ from ..http.request import Request
 from ..http.response import JSONResponse, ResponseWriter
 from ..http.sse import named_sse_frame, named_sse_response
 from ..openai.handlers import require_json
-from ..translation import answer_of, translated_response
+from ..translation import translated_response
 from .events import ResponsesTranslator
 from .objects import ResponseDraft, history_of_output, output_of, status_of
 from .request import ResponsesRequest, parse_responses_request
