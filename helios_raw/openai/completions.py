@@ -14,8 +14,8 @@ from typing import Any, Optional
 
 from ..errors import bad_request
 from ..ids import new_id
-from .fields import is_tokens, model_of, stream_of, user_of
-from .schema import _logit_bias, _opt_bool, _opt_int, _opt_number, _stop
+from .fields import is_tokens, model_of
+from .schema import GenerationRequest, _opt_bool, _opt_int, checked_body, read_sampling
 
 COMPLETION_ID_PREFIX = "cmpl-"
 #: Tokens generated when the request sets no ``max_tokens`` (OpenAI's default for this route).
@@ -25,56 +25,27 @@ MAX_LOGPROBS = 5
 
 
 @dataclass
-class CompletionRequest:
+class CompletionRequest(GenerationRequest):
     """A validated text completion request.
 
     ``prompts`` holds one entry per prompt, each a string or a list of token ids; the answer has
     one choice per prompt, in this order. ``max_tokens`` None means :data:`DEFAULT_MAX_TOKENS`.
-    ``logprobs`` None means none; else how many alternatives per token (0 to 5). ``raw`` is the
-    body as the client sent it.
+    ``logprobs`` None means none; else how many alternatives per token (0 to 5).
     """
 
-    model: str
-    prompts: list
-    raw: dict
-    stream: bool = False
-    include_usage: bool = False
-    max_tokens: Optional[int] = None
-    temperature: Optional[float] = None
-    top_p: Optional[float] = None
-    stop: list = field(default_factory=list)
-    seed: Optional[int] = None
-    presence_penalty: Optional[float] = None
-    frequency_penalty: Optional[float] = None
-    logit_bias: Optional[dict] = None
+    prompts: list = field(default_factory=list)
     logprobs: Optional[int] = None
     echo: bool = False
-    user: Optional[str] = None
-    top_k: Optional[int] = None
-    min_p: Optional[float] = None
-    repeat_penalty: Optional[float] = None
 
 
 def parse_completion_request(body: Any) -> CompletionRequest:
     """Validate ``body`` (parsed JSON) or raise a 400 :class:`APIError` naming the bad param."""
-    if not isinstance(body, dict):
-        raise bad_request("The request body must be a JSON object.")
+    body = checked_body(body)
     req = CompletionRequest(model=model_of(body), prompts=_prompts(body.get("prompt", ...)), raw=body)
-    req.stream, req.include_usage = stream_of(body)
+    read_sampling(req, body)
     req.max_tokens = _opt_int(body, "max_tokens", 0)
-    req.temperature = _opt_number(body, "temperature", 0.0, 2.0)
-    req.top_p = _opt_number(body, "top_p", 0.0, 1.0)
-    req.presence_penalty = _opt_number(body, "presence_penalty", -2.0, 2.0)
-    req.frequency_penalty = _opt_number(body, "frequency_penalty", -2.0, 2.0)
-    req.min_p = _opt_number(body, "min_p", 0.0, 1.0)
-    req.repeat_penalty = _opt_number(body, "repeat_penalty", 0.0, None)
-    req.top_k = _opt_int(body, "top_k", 0)
-    req.seed = _opt_int(body, "seed", None)
-    req.stop = _stop(body.get("stop"))
-    req.logit_bias = _logit_bias(body.get("logit_bias"))
     req.logprobs = _opt_int(body, "logprobs", 0, MAX_LOGPROBS)
     req.echo = _opt_bool(body, "echo") or False
-    req.user = user_of(body)
     if (_opt_int(body, "n", 1, 128) or 1) > 1:
         raise bad_request("Only n=1 is supported by this server.", "n", "unsupported_value")
     if (_opt_int(body, "best_of", 0, 20) or 1) > 1:

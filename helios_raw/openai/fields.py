@@ -1,12 +1,11 @@
-"""Fields several OpenAI request bodies share (``model``, ``stream`` with ``stream_options``,
-``user``, token ids), validated the same way everywhere: a 400 whose ``param`` names the field."""
+"""Fields several OpenAI request bodies share (``model``, ``user``, token ids), validated the same
+way everywhere: a 400 whose ``param`` names the field."""
 
 from __future__ import annotations
 
 from typing import Any, Optional
 
 from ..errors import bad_request
-from .schema import _opt_bool
 
 
 def model_of(body: dict) -> str:
@@ -14,19 +13,6 @@ def model_of(body: dict) -> str:
     if not isinstance(model, str) or not model:
         raise bad_request("'model' is required and must be a non-empty string.", "model")
     return model
-
-
-def stream_of(body: dict) -> tuple[bool, bool]:
-    """``(stream, include_usage)``; ``stream_options`` only with ``stream``."""
-    stream = _opt_bool(body, "stream") or False
-    options = body.get("stream_options")
-    if options is None:
-        return stream, False
-    if not isinstance(options, dict):
-        raise bad_request("'stream_options' must be an object.", "stream_options")
-    if not stream:
-        raise bad_request("'stream_options' is only allowed when 'stream' is true.", "stream_options")
-    return stream, _opt_bool(options, "include_usage", "stream_options.include_usage") or False
 
 
 def user_of(body: dict) -> Optional[str]:

@@ -40,18 +40,11 @@ INT32_MAX = 2 ** 31 - 1
 
 
 @dataclass
-class ChatRequest:
-    """A validated chat completion request.
-
-    ``messages`` are normalised dicts: ``role``, ``content`` (a string, or None on an assistant
-    message that only calls tools), and where given ``name``, ``tool_calls``, ``tool_call_id``.
-    ``max_tokens`` merges ``max_completion_tokens``. ``raw`` is the body as the client sent it.
-    ``legacy_functions``: the request used ``functions``, so the answer must be given in the
-    legacy shape (see :mod:`.legacy`).
-    """
+class GenerationRequest:
+    """What a chat and a text completion request share: the model asked for, the body as the
+    client sent it (``raw``), streaming, the length and how to sample."""
 
     model: str
-    messages: list[dict]
     raw: dict
     stream: bool = False
     include_usage: bool = False
@@ -63,6 +56,23 @@ class ChatRequest:
     presence_penalty: Optional[float] = None
     frequency_penalty: Optional[float] = None
     logit_bias: Optional[dict[int, float]] = None
+    user: Optional[str] = None
+    top_k: Optional[int] = None
+    min_p: Optional[float] = None
+    repeat_penalty: Optional[float] = None
+
+
+@dataclass
+class ChatRequest(GenerationRequest):
+    """A validated chat completion request.
+
+    ``messages`` are normalised dicts: ``role``, ``content`` (a string, or None on an assistant
+    message that only calls tools), and where given ``name``, ``tool_calls``, ``tool_call_id``.
+    ``max_tokens`` merges ``max_completion_tokens``. ``legacy_functions``: the request used
+    ``functions``, so the answer must be given in the legacy shape (see :mod:`.legacy`).
+    """
+
+    messages: list[dict] = field(default_factory=list)
     n: int = 1
     response_format: Optional[dict] = None
     tools: Optional[list[dict]] = None
@@ -70,15 +80,11 @@ class ChatRequest:
     parallel_tool_calls: Optional[bool] = None
     logprobs: bool = False
     top_logprobs: Optional[int] = None
-    user: Optional[str] = None
-    top_k: Optional[int] = None
-    min_p: Optional[float] = None
-    repeat_penalty: Optional[float] = None
     legacy_functions: bool = False
 
 
-def parse_chat_request(body: Any) -> ChatRequest:
-    """Validate ``body`` (parsed JSON) or raise a 400 :class:`APIError` naming the bad param."""
+def checked_body(body: Any) -> dict:
+    """``body`` if it is a JSON object nested no deeper than ``MAX_JSON_DEPTH``; else a 400."""
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.")
     deep = too_deep(body)
@@ -86,13 +92,12 @@ def parse_chat_request(body: Any) -> ChatRequest:
         where = f" (in '{deep}')" if deep else ""
         raise bad_request(f"The request nests JSON more than {MAX_JSON_DEPTH} levels deep{where}.", deep or None,
                           "invalid_value")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise bad_request("'model' is required and must be a non-empty string.", "model")
-    messages = legacy_history(_messages(body.get("messages")))
-    _check_tool_order(messages)
-    req = ChatRequest(model=model, messages=messages, raw=body)
+    return body
 
+
+def read_sampling(req: GenerationRequest, body: dict) -> None:
+    """Set ``req``'s streaming and sampling fields from ``body`` (a 400 naming a bad one); the
+    length (``max_tokens``) is each route's own."""
     req.stream = _opt_bool(body, "stream") or False
     options = body.get("stream_options")
     if options is not None:
@@ -101,7 +106,6 @@ def parse_chat_request(body: Any) -> ChatRequest:
         if not req.stream:
             raise bad_request("'stream_options' is only allowed when 'stream' is true.", "stream_options")
         req.include_usage = _opt_bool(options, "include_usage", "stream_options.include_usage") or False
-
     req.temperature = _opt_number(body, "temperature", 0.0, 2.0)
     req.top_p = _opt_number(body, "top_p", 0.0, 1.0)
     req.presence_penalty = _opt_number(body, "presence_penalty", -2.0, 2.0)
@@ -110,6 +114,24 @@ def parse_chat_request(body: Any) -> ChatRequest:
     req.repeat_penalty = _opt_number(body, "repeat_penalty", 0.0, None)
     req.top_k = _opt_int(body, "top_k", 0, INT32_MAX)
     req.seed = _opt_int(body, "seed", *SEED_RANGE)
+    req.stop = _stop(body.get("stop"))
+    req.logit_bias = _logit_bias(body.get("logit_bias"))
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise bad_request("'user' must be a string.", "user")
+    req.user = user
+
+
+def parse_chat_request(body: Any) -> ChatRequest:
+    """Validate ``body`` (parsed JSON) or raise a 400 :class:`APIError` naming the bad param."""
+    body = checked_body(body)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("'model' is required and must be a non-empty string.", "model")
+    messages = legacy_history(_messages(body.get("messages")))
+    _check_tool_order(messages)
+    req = ChatRequest(model=model, messages=messages, raw=body)
+    read_sampling(req, body)
     max_tokens = _opt_int(body, "max_completion_tokens", 1)
     legacy_max = _opt_int(body, "max_tokens", 1)
     if max_tokens is not None and legacy_max is not None:
@@ -120,16 +142,10 @@ def parse_chat_request(body: Any) -> ChatRequest:
     req.n = 1 if n is None else n
     if req.n > 1:
         raise bad_request("Only n=1 is supported by this server.", "n", "unsupported_value")
-    req.stop = _stop(body.get("stop"))
-    req.logit_bias = _logit_bias(body.get("logit_bias"))
     req.logprobs = _opt_bool(body, "logprobs") or False
     req.top_logprobs = _opt_int(body, "top_logprobs", 0, 20)
     if req.top_logprobs is not None and not req.logprobs:
         raise bad_request("'top_logprobs' requires 'logprobs' to be true.", "top_logprobs")
-    user = body.get("user")
-    if user is not None and not isinstance(user, str):
-        raise bad_request("'user' must be a string.", "user")
-    req.user = user
     req.response_format = _response_format(body.get("response_format"))
     functions, function_call = legacy_tools(body)
     if functions is not None:
