@@ -47,9 +47,9 @@ class App:
 
     # -- routes ------------------------------------------------------------------------------
 
-    def add_route(self, method: str, path: str, handler, *, inline: bool = False, description: str = "") -> None:
+    def add_route(self, method: str, path: str, handler, *, description: str = "") -> None:
         """Add a route; see :class:`~helios_raw.http.router.Route` for the handler contract."""
-        self.router.add(Route(method.upper(), path, handler, inline, description))
+        self.router.add(Route(method.upper(), path, handler, description))
 
     @property
     def routes(self) -> list[Route]:

@@ -69,7 +69,7 @@ class Server:
     def _build_app(self) -> App:
         server = self.config.server
         app = App(api_key=server.api_key, cors_origins=server.cors_origins, access_log_enabled=server.access_log)
-        app.add_route("GET", "/health", health_route(self.backend), inline=True, description="health check")
+        app.add_route("GET", "/health", health_route(self.backend), description="health check")
         if self.backend is not None:
             OpenAIRoutes(self.backend, self.strict_models).install(app)
         for endpoint in self.endpoints:

@@ -15,12 +15,9 @@ import pytest
 
 from helios_raw.app import App
 from helios_raw.http.limits import Limits
-from helios_raw.http.protocol import HTTPProtocol
 from helios_raw.http.response import Response, StreamingResponse
-from helios_raw.http.server import ConnectionRegistry
 from helios_raw.openai.handlers import health_route
-
-DATE = re.compile(rb"\r\ndate: (?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT\r\n")
+from tests.support.wire import DATE, Wire
 
 HEALTH_OK = (
     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\naccess-control-allow-origin: *\r\n"
@@ -52,85 +49,6 @@ def error_body(message: str, code: str, type_: str = "invalid_request_error") ->
             + b'","param":null,"code":"' + code.encode() + b'"}}')
 
 
-class RecordingTransport(asyncio.Transport):
-    """Records what the protocol writes and how it steers the connection."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = bytearray()
-        self.protocol = None
-        self.closing = False
-        self.eof_written = False
-        self.reading = True
-        self.aborted = False
-        self.buffered = 0
-
-    def write(self, data) -> None:
-        assert not self.eof_written, "write after write_eof"
-        assert not self.closing, "write after close"
-        self.written += data
-
-    def get_extra_info(self, name, default=None):
-        return {"peername": ("127.0.0.1", 50000)}.get(name, default)
-
-    def set_write_buffer_limits(self, high=None, low=None) -> None:
-        pass
-
-    def get_write_buffer_size(self) -> int:
-        return self.buffered
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        if not self.closing:
-            self.closing = True
-            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
-
-    def abort(self) -> None:
-        self.aborted = True
-        self.close()
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        self.eof_written = True
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
-
-
-class Wire:
-    """One HTTPProtocol on a recording transport."""
-
-    def __init__(self, app: App, limits: Limits | None = None) -> None:
-        self.limits = limits or Limits()
-        self.transport = RecordingTransport()
-        self.registry = ConnectionRegistry(self.limits)
-        self.protocol = HTTPProtocol(app, self.limits, self.registry)
-        self.transport.protocol = self.protocol
-        self.protocol.connection_made(self.transport)
-
-    def feed(self, *chunks: bytes) -> None:
-        for chunk in chunks:
-            self.protocol.data_received(chunk)
-
-    def take(self) -> bytes:
-        """What was written since the last call, with each Date header's value replaced."""
-        data = bytes(self.transport.written)
-        self.transport.written.clear()
-        return DATE.sub(b"\r\ndate: DATE\r\n", data)
-
-    async def settle(self) -> None:
-        """Let scheduled callbacks and tasks run."""
-        for _ in range(20):
-            await asyncio.sleep(0)
-
-
 class Gate:
     """Holds the /wait handler until released; records cancellation."""
 
@@ -141,8 +59,8 @@ class Gate:
 
 def make_app(gate: Gate | None = None) -> App:
     app = App()
-    app.add_route("GET", "/health", health_route(None), inline=True)
-    app.add_route("POST", "/echo", lambda request: Response(request.body, content_type="text/plain"), inline=True)
+    app.add_route("GET", "/health", health_route(None))
+    app.add_route("POST", "/echo", lambda request: Response(request.body, content_type="text/plain"))
 
     async def wait(request):
         gate.requests.append(request)

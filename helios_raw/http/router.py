@@ -22,15 +22,14 @@ class RouteConflict(ValueError):
 
 @dataclass
 class Route:
-    """``handler(request)`` returns a response, or an awaitable of one when ``inline`` is false.
+    """``handler(request)`` returns a response, or an awaitable of one.
 
-    An ``inline`` handler is a plain function called on the event loop: it must be quick.
+    A handler that returns a response (not an awaitable) runs on the event loop: it must be quick.
     """
 
     method: str
     template: str
     handler: Callable[..., Any]
-    inline: bool = False
     description: str = ""
     segments: tuple = field(default=(), repr=False)  # (is_param, text) per segment
 

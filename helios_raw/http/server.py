@@ -68,7 +68,7 @@ class HTTPServer:
         self.registry = ConnectionRegistry(self.limits)
         registry = self.registry
         self._server = await loop.create_server(
-            lambda: HTTPProtocol(self.app, self.limits, registry),
+            lambda: HTTPProtocol(self.app, self.limits, registry, loop),
             self.host,
             self.port,
             reuse_address=True,

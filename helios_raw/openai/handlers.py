@@ -31,8 +31,8 @@ class OpenAIRoutes:
     def install(self, app) -> None:
         app.add_route("POST", "/v1/chat/completions", self.chat_completions,
                       description="OpenAI chat completions (streamed and not)")
-        app.add_route("GET", "/v1/models", self.list_models, inline=True, description="OpenAI model list")
-        app.add_route("GET", "/v1/models/{model}", self.get_model, inline=True, description="One model")
+        app.add_route("GET", "/v1/models", self.list_models, description="OpenAI model list")
+        app.add_route("GET", "/v1/models/{model}", self.get_model, description="One model")
 
     # -- handlers ----------------------------------------------------------------------------
 

@@ -1,0 +1,92 @@
+"""The connection's timers on a virtual clock: each fires exactly when due and not a moment
+before, without the test sleeping. Times are sums of powers of two, so they add up exactly."""
+
+from __future__ import annotations
+
+import asyncio
+
+from helios_raw.app import App
+from helios_raw.http.limits import Limits
+from helios_raw.http.response import Response
+from helios_raw.openai.handlers import health_route
+from tests.support.clock import on_virtual_clock
+from tests.support.wire import Wire
+
+#: Less than any timer resolution we use, more than asyncio's clock resolution.
+JUST = 2.0 ** -20
+GET_HEALTH = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def make_app() -> App:
+    app = App(access_log_enabled=False)
+    app.add_route("GET", "/health", health_route(None))
+    app.add_route("POST", "/echo", lambda request: Response(request.body, content_type="text/plain"))
+    return app
+
+
+async def until(moment: float) -> None:
+    """Let the loop run until its clock reads ``moment``."""
+    loop = asyncio.get_running_loop()
+    arrived = loop.create_future()
+    loop.call_at(moment, arrived.set_result, None)
+    await arrived
+
+
+def is_408(data: bytes, about: bytes) -> bool:
+    return (data.startswith(b"HTTP/1.1 408 Request Timeout\r\n") and b'"code":"request_timeout"' in data
+            and about in data and b"connection: close" in data)
+
+
+@on_virtual_clock
+async def test_slowloris_head_deadline_is_not_reset_by_trickled_bytes():
+    wire = Wire(make_app(), Limits(head_timeout=0.5, keepalive_timeout=30))
+    wire.feed(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+    for step in range(1, 8):  # a header line every 1/16 s, the last at 7/16 s
+        await until(step / 16)
+        wire.feed(b"X-Slow: 1\r\n")
+    await until(0.5 - JUST)
+    assert wire.take() == b""
+    await until(0.5)  # half a second after the head's first byte, however busy the client is
+    assert is_408(wire.take(), b"The request head was not received within 0.5 seconds.")
+    assert wire.transport.eof_written
+
+
+@on_virtual_clock
+async def test_idle_connection_is_closed_exactly_at_the_keepalive_timeout():
+    wire = Wire(make_app(), Limits(keepalive_timeout=5))
+    await until(5 - JUST)
+    assert not wire.transport.closing
+    await until(5)
+    assert wire.transport.closing and wire.take() == b""
+
+
+@on_virtual_clock
+async def test_keepalive_timeout_runs_from_the_end_of_the_last_response():
+    wire = Wire(make_app(), Limits(keepalive_timeout=0.25))
+    await until(0.125)
+    wire.feed(GET_HEALTH)
+    assert wire.take().startswith(b"HTTP/1.1 200 OK\r\n")
+    await until(0.375 - JUST)
+    assert not wire.transport.closing
+    await until(0.375)
+    assert wire.transport.closing
+
+
+@on_virtual_clock
+async def test_body_idle_timeout():
+    wire = Wire(make_app(), Limits(body_idle_timeout=0.25))
+    wire.feed(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+    await until(0.25 - JUST)
+    assert wire.take() == b""
+    await until(0.25)
+    assert is_408(wire.take(), b"No request body data was received for 0.25 seconds.")
+
+
+@on_virtual_clock
+async def test_body_idle_timer_restarts_with_each_piece_of_body():
+    wire = Wire(make_app(), Limits(body_idle_timeout=1.0))
+    wire.feed(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 15\r\n\r\n")
+    for step in range(1, 16):  # 15 bytes 7/8 s apart: 13 s in all, never idle for 1 s
+        await until(step * 0.875)
+        wire.feed(b"x")
+    assert wire.take().endswith(b"content-length: 15\r\n\r\n" + b"x" * 15)
