@@ -183,6 +183,14 @@ def test_414_for_a_long_target(server, bystander):
     assert answer.error()["code"] == "uri_too_long"
 
 
+def test_error_answering_a_head_request_has_no_body(server, bystander):
+    with Client(server.port) as client:
+        client.send(b"HEAD /static HTTP/1.1\r\nHost: x\r\n" + b"X: y\r\n" * 300 + b"\r\n")
+        answer = client.read_response("HEAD")
+        assert answer.status == 431 and int(answer.header("content-length")) > 0
+        assert client.read_until_close() == b""  # the length a GET would get, and no body
+
+
 def test_content_length_and_transfer_encoding_is_400_and_the_request_behind_is_never_answered(server, bystander):
     smuggled = (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n"
                 b"0\r\n\r\nGET /static HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -17,7 +17,7 @@ from helios_raw.app import App
 from helios_raw.http.limits import Limits
 from helios_raw.http.response import Response, StreamingResponse
 from helios_raw.openai.handlers import health_route
-from tests.support.wire import DATE, Wire
+from tests.support.wire import DATE, RecordingTransport, Wire
 
 HEALTH_OK = (
     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\naccess-control-allow-origin: *\r\n"
@@ -472,6 +472,45 @@ async def test_reading_pauses_while_pipelined_requests_pile_up():
     await wire.settle()
     assert wire.transport.reading
     assert wire.take().count(b"HTTP/1.1 200 OK") == 41
+
+
+# -- errors answering HEAD ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("head, status, body", [
+    (b"HEAD /health HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(101)) + b"\r\n",
+     b"431 Request Header Fields Too Large",
+     error_body("The request has more than 100 header fields.", "request_header_fields_too_large")),
+    (b"HEAD /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", b"414 Request-URI Too Long",
+     error_body("The request target is longer than 8192 bytes.", "uri_too_long")),
+    (b"HEAD /health HTTP/1.2\r\nHost: x\r\n\r\n", b"505 HTTP Version Not Supported",
+     error_body("Only HTTP/1.0 and HTTP/1.1 are supported.", "http_version_not_supported")),
+    (b"HEAD /health HTTP/1.1\r\nHost: x\r\nX-Test: a\x01b\r\n\r\n", b"400 Bad Request",
+     error_body("Malformed HTTP request: a header value contains a control character.", "bad_request")),
+    (b"HEAD /health HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+     b"400 Bad Request",
+     error_body("A request must not carry both Content-Length and Transfer-Encoding.", "bad_request")),
+], ids=["431", "414", "505", "control-byte", "cl-and-te"])
+@in_loop
+async def test_error_answering_a_head_request_has_the_headers_of_a_get_and_no_body(head, status, body):
+    wire = Wire(make_app())
+    wire.feed(head)
+    assert wire.take() == error_bytes(status, body)[: -len(body)]  # Content-Length kept, body left out
+    assert wire.transport.eof_written
+
+
+class ResetTransport(RecordingTransport):
+    """A socket the client has reset: shutting down its write side fails, as asyncio's does."""
+
+    def write_eof(self) -> None:
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+
+@in_loop
+async def test_a_reset_while_closing_after_an_error_just_closes():
+    wire = Wire(make_app(), transport=ResetTransport())
+    wire.feed(b"\x00garbage\r\n\r\n")  # answered 400, then the write side is shut: it raises
+    assert wire.take().startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert wire.transport.closing
 
 
 # -- streams cut short -----------------------------------------------------------------------------

@@ -34,9 +34,10 @@ class DateHeader:
 date = DateHeader()
 
 
-def raw_error(error: APIError, headers: list) -> bytes:
+def raw_error(error: APIError, headers: list, head_only: bool = False) -> bytes:
     """The bytes of ``error`` as a complete response that closes the connection: its own headers,
-    then ``headers`` (the application's), Server, Date and the framing."""
+    then ``headers`` (the application's), Server, Date and the framing. ``head_only`` (the answer
+    to a HEAD request) leaves out the body, as HTTP requires, and keeps its length."""
     body = error.to_json()
     lines = [b"HTTP/1.1 %d %s" % (error.status, REASONS.get(error.status, b""))]
     fields = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in error.headers]
@@ -44,4 +45,4 @@ def raw_error(error: APIError, headers: list) -> bytes:
     fields += headers
     fields += [SERVER_HEADER, date.get(), (b"content-length", b"%d" % len(body)), (b"connection", b"close")]
     lines += [name + b": " + value for name, value in fields]
-    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+    return b"\r\n".join(lines) + b"\r\n\r\n" + (b"" if head_only else body)

@@ -324,10 +324,10 @@ class HTTPProtocol(asyncio.Protocol):
         if cycle is not None and cycle.response_started:
             self.close()
             return
-        data = raw_error(error, self.app.response_headers(request))
-        self.transport.write(data)
+        head_only = request is not None and request.method == "HEAD"
+        self.transport.write(raw_error(error, self.app.response_headers(request), head_only))
         if request is not None:
-            self.app.log_access(request, error.status, len(error.to_json()),
+            self.app.log_access(request, error.status, 0 if head_only else len(error.to_json()),
                                 time.perf_counter() - cycle.started if cycle else 0.0)
         self.cycle = None
         self._linger()
@@ -337,7 +337,11 @@ class HTTPProtocol(asyncio.Protocol):
         instead of a reset."""
         self.phase = LINGERING
         if self.transport.can_write_eof():
-            self.transport.write_eof()
+            try:
+                self.transport.write_eof()
+            except OSError:  # the client reset the connection meanwhile: nothing to linger for
+                self.close()
+                return
         if self._reading_paused:
             self._reading_paused = False
             self.transport.resume_reading()

@@ -74,9 +74,9 @@ class RecordingTransport(asyncio.Transport):
 class Wire:
     """One HTTPProtocol on a recording transport."""
 
-    def __init__(self, app: App, limits: Limits | None = None) -> None:
+    def __init__(self, app: App, limits: Limits | None = None, transport: RecordingTransport | None = None) -> None:
         self.limits = limits or Limits()
-        self.transport = RecordingTransport()
+        self.transport = transport or RecordingTransport()
         self.registry = ConnectionRegistry(self.limits)
         self.protocol = HTTPProtocol(app, self.limits, self.registry, loop=asyncio.get_running_loop())
         self.transport.protocol = self.protocol
