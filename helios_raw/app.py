@@ -78,7 +78,7 @@ class App:
     def _route(self, request: Request):
         if self.api_key is not None and request.path not in _PUBLIC_PATHS:
             self._check_key(request)
-        route, params = self.router.match(request.method, request.path)
+        route, params = self.router.match(request.method, request.segments, request.path)
         request.params = params
         return route.handler(request)
 

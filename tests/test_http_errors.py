@@ -263,8 +263,18 @@ def test_hostile_bytes_get_an_error_object_and_a_close(server, bystander, raw, s
 
 
 @pytest.mark.parametrize("raw", [
-    b"GET /static HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b\r\n\r\n",  # obs-fold: unfolded
+    b"GET /static HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b\r\n\r\n",  # obs-fold
     b"GET /static HTTP/1.1\nHost: x\n\n",                              # bare LF line endings
+    b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length:\r\n 2\r\n\r\nhi",
+    b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2 \r\nhi\r\n0\r\n\r\n",
+], ids=["obs-fold", "bare-lf", "folded-content-length", "chunk-size-space"])
+def test_framing_a_proxy_might_read_differently_is_400_and_close(server, bystander, raw):
+    answer, closed = exchange(server.port, raw)
+    assert answer.status == 400 and closed
+    assert answer.error()["message"].startswith("Malformed HTTP request: ")
+
+
+@pytest.mark.parametrize("raw", [
     b"GET /static HTTP/1.1\r\nHost: x\r\nX-Spaces:    v   \r\n\r\n",
     b"GET http://x/static HTTP/1.1\r\nHost: x\r\n\r\n".replace(b"http://x", b""),
 ])

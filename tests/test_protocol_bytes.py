@@ -349,23 +349,64 @@ async def test_absurd_content_length_is_refused_before_any_body():
     assert out.startswith(b"HTTP/1.1 400 ") and b"bad Content-Length" in out
 
 
+LENIENT_FRAMING = [
+    (b"GET /health HTTP/1.1\nHost: x\n\n", "a line ends in a bare LF instead of CRLF"),
+    (b"GET /health HTTP/1.1\r\nHost: x\n\r\n", "a line ends in a bare LF instead of CRLF"),
+    (b"GET /wait HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n  b\r\n\r\n",
+     "a header line is folded onto the one before (obs-fold)"),
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length:\r\n 3\r\n\r\nabc",
+     "a header line is folded onto the one before (obs-fold)"),
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\r\n\tchunked\r\n\r\n0\r\n\r\n",
+     "a header line is folded onto the one before (obs-fold)"),
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3 \r\nabc\r\n0\r\n\r\n",
+     "illegal chunk header: whitespace before its CRLF"),
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\t\r\nabc\r\n0\r\n\r\n",
+     "illegal chunk header: whitespace before its CRLF"),
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: 1\n\r\n",
+     "illegal trailer line"),
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: 1\r\n 2\r\n\r\n",
+     "illegal trailer line"),
+]
+
+
+@pytest.mark.parametrize("raw, fault", LENIENT_FRAMING, ids=[
+    "bare-lf", "one-bare-lf", "obs-fold", "folded-content-length", "folded-transfer-encoding",
+    "chunk-size-space", "chunk-size-tab", "trailer-bare-lf", "folded-trailer"])
+@pytest.mark.parametrize("pieces", [1, 7], ids=["one-read", "in-pieces"])
 @in_loop
-async def test_bare_lf_line_endings_are_tolerated():
+async def test_framing_h11_would_tolerate_is_refused(raw, fault, pieces):
+    wire = Wire(make_app(Gate()))
+    step = len(raw) // pieces + 1
+    wire.feed(*[raw[i:i + step] for i in range(0, len(raw), step)] + [GET_HEALTH])
+    assert wire.take() == error_bytes(b"400 Bad Request", error_body(f"Malformed HTTP request: {fault}.",
+                                                                      "bad_request"))
+    assert wire.transport.eof_written
+
+
+@in_loop
+async def test_crlf_split_between_reads_is_not_a_bare_lf():
     wire = Wire(make_app())
-    wire.feed(b"GET /health HTTP/1.1\nHost: x\n\n")
+    wire.feed(b"GET /health HTTP/1.1\r", b"\nHost: x\r", b"\n", b"\r", b"\n")
     assert wire.take() == HEALTH_OK
 
 
 @in_loop
-async def test_obs_fold_continuation_is_unfolded_not_smuggled():
-    gate = Gate()
-    wire = Wire(make_app(gate))
-    wire.feed(b"GET /wait HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n  b\r\n\r\n")
-    await wire.settle()
-    assert gate.requests[0].header("x-folded") == "a b"
-    gate.release.set()
-    await wire.settle()
-    assert wire.take().endswith(b"released")
+async def test_a_pipelined_head_is_scanned_too():
+    wire = Wire(make_app())
+    wire.feed(GET_HEALTH + b"GET /health HTTP/1.1\nHost: x\n\n")
+    assert wire.take() == HEALTH_OK + error_bytes(b"400 Bad Request", error_body(
+        "Malformed HTTP request: a line ends in a bare LF instead of CRLF.", "bad_request"))
+
+
+@in_loop
+async def test_a_body_may_hold_any_bytes():
+    wire = Wire(make_app())
+    body = b"a\nb\n c\n\td\n\n"
+    wire.feed(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    assert wire.take().endswith(b"\r\n\r\n" + body)
+    wire.feed(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n" % len(body)
+              + body + b"\r\n0\r\nX-T: 1\r\n\r\n")
+    assert wire.take().endswith(b"\r\n\r\n" + body)
 
 
 # -- size limits ---------------------------------------------------------------------------------

@@ -1,10 +1,16 @@
-"""What h11 leaves to its caller about a request's head: the limits, strict framing, and the
-error a client is refused with.
+"""What h11 leaves to its caller about a request's framing: the limits, strictness, and the error
+a client is refused with.
 
 h11 parses; here a parsed head is checked against :class:`~helios_raw.http.limits.Limits` and the
 rules h11 does not enforce (HTTP/1.0 and 1.1 only, no request carrying both Content-Length and
-Transfer-Encoding, no control bytes in header values), and h11's own complaints become error
-objects that never echo the client's bytes.
+Transfer-Encoding, no control bytes in header values, no '.' or '..' path segment), and h11's own
+complaints become error objects that never echo the client's bytes.
+
+Where RFC 9112 lets a server refuse what h11 tolerates, we refuse (400): a proxy in front that
+reads such a request differently could otherwise smuggle a second request past it. That is a
+line ending in a bare LF (RFC 9112 section 2.2) or folded onto the line before (obs-fold, section
+5.2) in a head or a trailer section (:class:`HeadScanner`, :class:`StrictChunks`), and whitespace
+between a chunk's size and its CRLF (section 7.1).
 """
 
 from __future__ import annotations
@@ -72,10 +78,119 @@ def read_head(event: h11.Request, limits: Limits, client: Optional[tuple]):
     elif control_byte:
         error = APIError(400, "Malformed HTTP request: a header value contains a control character.",
                          code="bad_request")
+    elif dot_segment(request):
+        error = APIError(400, "The request path must not contain '.' or '..' segments.", code="bad_request")
     # h11 does not keep HTTP/1.0 connections alive, so neither do we.
     keep_alive = version == b"1.1" and not close
     length = CHUNKED if has_chunked else content_length if has_length else None
     return request, error, keep_alive, length
+
+
+def dot_segment(request: Request) -> bool:
+    """Whether the request's path has a '.' or '..' segment (percent-encoded or not), which a
+    proxy or the client would have resolved to another path than the one we would route."""
+    return "." in request.path and any(s == "." or s == ".." for s in request.segments)
+
+
+class HeadScanner:
+    """Scans the bytes of a request head as they arrive, before h11 reads them, for what h11
+    accepts and we refuse: a bare LF line ending, or an obs-fold line. Stops at the head's end."""
+
+    __slots__ = ("_tail", "done")
+
+    def __init__(self) -> None:
+        self._tail = b""
+        self.done = False
+
+    def start(self) -> None:
+        """A new head begins."""
+        self._tail = b""
+        self.done = False
+
+    def feed(self, data: bytes) -> Optional[str]:
+        """What is wrong with the head so far, or None."""
+        if self.done:
+            return None
+        window = self._tail + data if self._tail else data
+        end = window.find(b"\r\n\r\n")
+        head = window if end < 0 else window[:end + 4]
+        if head.count(b"\n") != head.count(b"\r\n"):
+            return "a line ends in a bare LF instead of CRLF"
+        if b"\n " in head or b"\n\t" in head:
+            return "a header line is folded onto the one before (obs-fold)"
+        if end >= 0:
+            self.done = True
+        else:
+            # Kept for a line ending or fold split between reads. A LF first in it was checked
+            # with the CR before it, which is no longer kept.
+            tail = window[-3:]
+            self._tail = tail[1:] if tail[:1] == b"\n" else tail
+        return None
+
+
+class StrictChunks:
+    """h11's reader of a chunked request body, made strict: it reads through this object instead
+    of h11's receive buffer, which refuses a chunk-size line with whitespace before its CRLF, and
+    a trailer section with a bare LF, a folded line, or more than ``limit`` bytes. Installed with
+    :func:`strict_chunks` (h11 0.16 keeps the reader for the body being received in
+    ``Connection._reader``)."""
+
+    __slots__ = ("reader", "limit", "buf", "trailer", "trailer_size")
+
+    def __init__(self, reader, limit: int) -> None:
+        self.reader = reader
+        self.limit = limit
+        self.buf = None
+        self.trailer: list = []
+        self.trailer_size = 0
+
+    def __call__(self, buf):
+        self.buf = buf
+        return self.reader(self)
+
+    def read_eof(self):
+        return self.reader.read_eof()
+
+    # -- the receive buffer, as h11's chunked reader uses it ---------------------------------
+
+    def __len__(self) -> int:
+        return len(self.buf)
+
+    def maybe_extract_at_most(self, count: int):
+        return self.buf.maybe_extract_at_most(count)
+
+    def maybe_extract_next_line(self):
+        """The next chunk-size line (h11 reads nothing else line by line)."""
+        line = self.buf.maybe_extract_next_line()
+        if line is not None and line[-3:-2] in (b" ", b"\t"):
+            raise h11.LocalProtocolError("illegal chunk header: whitespace before its CRLF")
+        return line
+
+    def maybe_extract_lines(self):
+        """The trailer section's lines once it is complete, read line by line so that each must
+        end in CRLF."""
+        while True:
+            line = self.buf.maybe_extract_next_line()
+            if line is None:
+                return None
+            if line == b"\r\n":
+                lines, self.trailer = self.trailer, []
+                return lines
+            self.trailer_size += len(line)
+            if self.trailer_size > self.limit:
+                raise h11.LocalProtocolError("trailer section too large")
+            if b"\n" in line[:-2] or line[:1] in (b" ", b"\t"):
+                raise h11.LocalProtocolError("illegal trailer line")
+            self.trailer.append(line[:-2])
+
+
+def strict_chunks(conn: h11.Connection, limit: int) -> None:
+    """Read the chunked body ``conn`` has just begun to receive through :class:`StrictChunks`."""
+    conn._reader = StrictChunks(conn._reader, limit)
+
+
+def malformed(fault: str) -> APIError:
+    return APIError(400, f"Malformed HTTP request: {fault}.", code="bad_request")
 
 
 def request_line_overlong(pending: bytes, limits: Limits) -> bool:
@@ -95,8 +210,10 @@ def protocol_error(exc: h11.RemoteProtocolError, pending: bytes, limits: Limits)
     if exc.error_status_hint == 501:
         return APIError(501, "Only the chunked transfer coding is supported in requests.",
                         code="unsupported_transfer_encoding")
-    status = exc.error_status_hint if 400 <= exc.error_status_hint < 500 else 400
-    return APIError(status, f"Malformed HTTP request: {message}.", code="bad_request")
+    error = malformed(message)
+    if 400 < exc.error_status_hint < 500:
+        error.status = exc.error_status_hint
+    return error
 
 
 def _describe(exc: h11.RemoteProtocolError) -> str:

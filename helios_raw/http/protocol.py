@@ -43,11 +43,15 @@ import h11
 from ..errors import APIError
 from .cycle import Cycle
 from .framing import (
+    CHUNKED,
+    HeadScanner,
     body_too_large,
+    malformed,
     protocol_error,
     read_head,
     request_line_overlong,
     request_line_too_long,
+    strict_chunks,
 )
 from .heads import raw_error
 from .limits import Limits
@@ -105,6 +109,7 @@ class HTTPProtocol(asyncio.Protocol):
         self.flow = FlowControl()
         self.client: Optional[tuple] = None
         self.phase = IDLE
+        self.scanner = HeadScanner()
         self.cycle: Optional[Cycle] = None
         self.requests_served = 0
         self.draining = False  # a graceful shutdown asked to close after the request in hand
@@ -175,7 +180,8 @@ class HTTPProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         phase = self.phase
         if phase is IDLE:
-            self.phase = HEAD
+            self.phase = phase = HEAD
+            self.scanner.start()
             self._set_deadline(self.limits.head_timeout, self._on_head_timeout)
         elif phase is LINGERING or phase is CLOSED:
             return
@@ -183,6 +189,11 @@ class HTTPProtocol(asyncio.Protocol):
             # The client said this was its last request: anything after it is ignored, and the
             # answer owed is still sent.
             return
+        if phase is HEAD:
+            fault = self.scanner.feed(data)
+            if fault is not None:
+                self.send_raw_error(None, malformed(fault))
+                return
         self.conn.receive_data(data)
         self._handle_events()
 
@@ -249,6 +260,8 @@ class HTTPProtocol(asyncio.Protocol):
         if length > limits.max_body_bytes:
             self.send_raw_error(request, body_too_large(limits))
             return
+        if length == CHUNKED:
+            strict_chunks(self.conn, limits.max_head_bytes)
         if self.conn.they_are_waiting_for_100_continue:
             self.transport.write(self.conn.send(h11.InformationalResponse(
                 status_code=100, headers=[], reason=b"Continue")))
@@ -293,6 +306,11 @@ class HTTPProtocol(asyncio.Protocol):
         pending, eof = conn.trailing_data
         if pending:  # a pipelined request is already here
             self.phase = HEAD
+            self.scanner.start()
+            fault = self.scanner.feed(pending)
+            if fault is not None:
+                self.send_raw_error(None, malformed(fault))
+                return
             self._set_deadline(self.limits.head_timeout, self._on_head_timeout)
         else:
             self.phase = IDLE

@@ -14,12 +14,14 @@ from ..errors import APIError
 class Request:
     """One HTTP request, fully received.
 
-    ``headers`` is h11's list of ``(name, value)`` byte pairs, names lower-cased. ``params`` holds
-    the path parameters the route matched. ``cancelled`` is set when the answer is no longer wanted.
+    ``headers`` is h11's list of ``(name, value)`` byte pairs, names lower-cased. ``path`` is the
+    target's path percent-decoded; ``segments`` are what routes match (see :func:`split_path`).
+    ``params`` holds the path parameters the route matched. ``cancelled`` is set when the answer
+    is no longer wanted.
     """
 
     __slots__ = (
-        "method", "target", "path", "query_string", "headers", "body", "params", "client",
+        "method", "target", "path", "segments", "query_string", "headers", "body", "params", "client",
         "http_version", "cancelled", "_query",
     )
 
@@ -35,7 +37,9 @@ class Request:
         self.method = method
         self.target = target
         raw_path, _, raw_query = target.partition(b"?")
-        self.path = unquote(raw_path.decode("latin-1"))
+        path = raw_path.decode("latin-1")
+        self.path = unquote(path)
+        self.segments = split_path(path)
         self.query_string = raw_query.decode("latin-1")
         self.headers = headers
         self.body = body
@@ -70,3 +74,16 @@ class Request:
                 f"We could not parse the JSON body of your request: {exc}.",
                 code="invalid_json",
             ) from None
+
+
+def split_path(path: str) -> tuple:
+    """The segments of a raw path, each percent-decoded on its own, trailing slashes dropped:
+    ``/a%2Fb/c/`` -> ``("a/b", "c")``. An encoded '/' stays inside its segment, where the client's
+    URL has it: decoding the path first would route ``/v1/models/org%2Fname`` as four segments."""
+    path = path.rstrip("/")
+    if not path:
+        return ()
+    parts = path[1:].split("/")
+    if "%" in path:
+        return tuple(unquote(part) for part in parts)
+    return tuple(parts)
