@@ -7,6 +7,7 @@ import asyncio
 
 from helios_raw.app import App
 from helios_raw.http.limits import Limits
+from helios_raw.http.protocol import PROBE_DELAY
 from helios_raw.http.response import Response
 from helios_raw.openai.handlers import health_route
 from tests.support.clock import on_virtual_clock
@@ -17,10 +18,16 @@ JUST = 2.0 ** -20
 GET_HEALTH = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
-def make_app() -> App:
+def make_app(release: asyncio.Event | None = None) -> App:
     app = App(access_log_enabled=False)
     app.add_route("GET", "/health", health_route(None))
     app.add_route("POST", "/echo", lambda request: Response(request.body, content_type="text/plain"))
+
+    async def wait(request):
+        await release.wait()
+        return Response(b"cancelled" if request.cancelled.is_set() else b"wanted", content_type="text/plain")
+
+    app.add_route("GET", "/wait", wait)
     return app
 
 
@@ -90,3 +97,41 @@ async def test_body_idle_timer_restarts_with_each_piece_of_body():
         await until(step * 0.875)
         wire.feed(b"x")
     assert wire.take().endswith(b"content-length: 15\r\n\r\n" + b"x" * 15)
+
+
+PROCESSING = b"HTTP/1.1 102 Processing\r\n\r\n"
+
+
+@on_virtual_clock
+async def test_a_half_closed_client_waiting_is_sent_102_processing_each_second_then_its_answer():
+    release = asyncio.Event()
+    wire = Wire(make_app(release))
+    wire.feed(b"GET /wait HTTP/1.1\r\nHost: x\r\n\r\n")
+    await until(0.5)
+    wire.protocol.eof_received()
+    await until(0.5 + PROBE_DELAY - JUST)
+    assert wire.take() == b""  # a prompt answer is never preceded by a probe
+    await until(0.5 + PROBE_DELAY)
+    assert wire.take() == PROCESSING
+    await until(0.5 + PROBE_DELAY + 1 - JUST)
+    assert wire.take() == b""
+    await until(0.5 + PROBE_DELAY + 1)
+    assert wire.take() == PROCESSING
+    release.set()
+    await until(4)
+    answer = wire.take()
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"\r\n\r\nwanted")
+    assert wire.transport.closing  # the client sends nothing more: the connection is done
+
+
+@on_virtual_clock
+async def test_an_http_1_0_client_is_never_sent_an_interim_response():
+    release = asyncio.Event()
+    wire = Wire(make_app(release))
+    wire.feed(b"GET /wait HTTP/1.0\r\n\r\n")
+    wire.protocol.eof_received()
+    await until(10)
+    assert wire.take() == b""
+    release.set()
+    await until(11)
+    assert wire.take().endswith(b"\r\n\r\nwanted")

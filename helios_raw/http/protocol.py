@@ -16,11 +16,18 @@ A connection is in one :class:`Phase` at a time, and each phase has at most one 
 
 Whether the connection outlives a request is decided in one place, :meth:`HTTPProtocol.keeps_alive`.
 
-Reading goes on while a request is handled, so that a client's departure (EOF or reset) is seen at
-once; what a client pipelines meanwhile waits in h11's buffer, and reading pauses once that holds
-more than one request head's worth. A client's EOF while its request is handled sets
-``request.cancelled``; whatever answer is still produced is written (a half-closed client reads
-it), requests already received behind it are answered, then the connection closes.
+Reading goes on while a request is handled, so that a client's departure is seen at once; what a
+client pipelines meanwhile waits in h11's buffer, and reading pauses once that holds more than one
+request head's worth. A reset, or a write that fails, sets ``request.cancelled``.
+
+A client's EOF (FIN) while its request is handled does not: it may be a half-close, after which
+HTTP lets the client read its answer, or a full close; the two look alike until something is
+written, which a fully closed client answers with a reset. A streamed response's own writes show
+it; before a response has begun, an HTTP/1.1 client is written an interim ``102 Processing`` (any
+number of which HTTP/1.1 clients must accept before the final response) ``PROBE_DELAY`` seconds
+after its EOF and each second after, and the socket is checked for the reset in between. A
+half-closed client gets its answer and those to requests it pipelined before its EOF, then the
+connection closes. An HTTP/1.0 client's full close is seen only when its answer is written.
 
 The application is any object with:
 
@@ -35,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import socket
 import time
 from typing import TYPE_CHECKING, Optional
 
@@ -63,6 +71,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from .server import ConnectionRegistry
 
 _LINGER_SECONDS = 2.0
+#: Seconds after a client's EOF before the first ``102 Processing`` is written to tell a half-close
+#: from a full close, so that a prompt answer is never preceded by one; then one a second.
+PROBE_DELAY = 1.0
+#: Seconds between looks at the socket for the reset a fully closed client answers a write with.
+_PROBE_TICK = 0.25
+_PROCESSING = h11.InformationalResponse(status_code=102, headers=[], reason=b"Processing")
 _h11_Request = h11.Request
 _h11_Data = h11.Data
 _h11_EndOfMessage = h11.EndOfMessage
@@ -113,6 +127,8 @@ class HTTPProtocol(asyncio.Protocol):
         self.cycle: Optional[Cycle] = None
         self.requests_served = 0
         self.draining = False  # a graceful shutdown asked to close after the request in hand
+        self.half_closed = False  # the client sent its EOF; it may still read
+        self._next_probe = 0.0
         self._reading_paused = False
         self._parsing = False  # inside _handle_events: a cycle ending there must not re-enter it
         self._timer: Optional[asyncio.TimerHandle] = None
@@ -161,14 +177,14 @@ class HTTPProtocol(asyncio.Protocol):
                 cycle.task.cancel()
 
     def eof_received(self) -> bool:
-        # The client will send nothing more. A request it sent in full is still answered (a
-        # half-closed client can read), but flagged: its answer may no longer be wanted.
-        cycle = self.cycle
-        if self.phase is LINGERING or cycle is None or self.conn.their_state not in (_h11_DONE, _h11_MUST_CLOSE):
+        # The client will send nothing more. A request it sent in full is answered (see the
+        # module's docstring on telling a half-close from a full close).
+        if self.phase is not RESPONDING:
             self.close()  # nothing owed, or a request that can never be complete
             return False
-        cycle.request.cancelled.set("client closed its side of the connection")
+        self.half_closed = True
         self.conn.receive_data(b"")
+        self._start_probing()
         return True
 
     def pause_writing(self) -> None:
@@ -236,7 +252,10 @@ class HTTPProtocol(asyncio.Protocol):
             elif event_type is _h11_EndOfMessage:
                 cycle = self.cycle
                 self.phase = RESPONDING
-                self._clear_deadline()
+                if self.half_closed:  # a request pipelined before the client's EOF
+                    self._start_probing()
+                else:
+                    self._clear_deadline()
                 cycle.dispatch()
                 if not cycle.keep_alive:
                     return  # the client's last request: nothing after it is parsed
@@ -398,6 +417,27 @@ class HTTPProtocol(asyncio.Protocol):
             return
         self._on_deadline = None
         action()
+
+    def _start_probing(self) -> None:
+        self._next_probe = self.loop.time() + PROBE_DELAY
+        self._set_deadline(_PROBE_TICK, self._probe)
+
+    def _probe(self) -> None:
+        """Half-closed, with a request in hand whose response has not begun: has the client
+        closed altogether? (see the module's docstring)"""
+        cycle = self.cycle
+        if self.phase is not RESPONDING or cycle is None or cycle.response_started:
+            return
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            self.transport.abort()  # a reset: the client is gone, connection_lost follows
+            return
+        if cycle.request.http_version != "1.1":
+            return
+        if self.loop.time() >= self._next_probe:
+            self._next_probe += 1.0
+            self.transport.write(self.conn.send(_PROCESSING))
+        self._set_deadline(_PROBE_TICK, self._probe)
 
     def _on_idle_timeout(self) -> None:
         if self.phase is IDLE:
