@@ -13,6 +13,7 @@ import pytest
 
 from helios_raw import EndpointBuilder, Limits, StreamingResponse, get
 from helios_raw.cancel import ClientGone
+from tests.conftest import error_of
 from tests.support.rawhttp import Client, ConnectionClosed, build_server, running
 
 PIECE = 64 * 1024
@@ -65,6 +66,48 @@ def test_connections_that_send_nothing_do_not_starve_real_requests():
             sock.close()
 
 
+SLOW_HEAD = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: "
+SLOW_BODY = b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nx"
+
+
+@pytest.mark.parametrize("start", [SLOW_HEAD, SLOW_BODY], ids=["head", "body"])
+def test_requests_trickling_in_at_the_cap_make_room_for_a_real_request(start):
+    with running(build_server(limits=Limits(max_connections=3, keepalive_timeout=30))) as server:
+        slow = [Client(server.port) for _ in range(3)]
+        for client in slow:
+            client.send(start)
+        _wait_until(lambda: sum(c.phase.value in ("head", "body") for c in server.connections()) == 3)
+        with Client(server.port) as client:
+            client.request("GET", "/health")
+            assert client.read_response().status == 200
+        # The slowest of them gave up its place, with a 408; the others still wait.
+        registered = {c.client for c in server.connections()}
+        (evicted,) = [c for c in slow if c.sock.getsockname() not in registered]
+        answer = evicted.read_response()
+        assert answer.status == 408 and answer.error()["code"] == "request_timeout"
+        assert "connection limit" in answer.error()["message"] and evicted.closed_by_server()
+        for client in slow:
+            client.close()
+
+
+def test_at_the_cap_a_body_trickling_in_goes_before_a_large_upload_arriving_fast():
+    with running(build_server(limits=Limits(max_connections=2))) as server:
+        upload, trickle = Client(server.port), Client(server.port)
+        upload.send(b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 16000000\r\n\r\n" + b"u" * 8_000_000)
+        _wait_until(lambda: any(c.phase.value == "body" for c in server.connections()))
+        trickle.send(SLOW_BODY)
+        _wait_until(lambda: sum(c.phase.value == "body" for c in server.connections()) == 2)
+        time.sleep(0.05)  # the trickle's rate is then a few hundred bytes a second at most
+        with Client(server.port) as client:
+            client.request("GET", "/health")
+            assert client.read_response().status == 200
+        assert trickle.read_response().status == 408
+        registered = {c.client for c in server.connections()}
+        assert upload.sock.getsockname() in registered and trickle.sock.getsockname() not in registered
+        upload.close()
+        trickle.close()
+
+
 def test_busy_server_refuses_a_new_connection_with_503():
     gate = threading.Event()
     endpoint = EndpointBuilder.get("/hold").handle(lambda request: {"held": gate.wait(10)}).build()
@@ -75,7 +118,7 @@ def test_busy_server_refuses_a_new_connection_with_503():
         _wait_until(lambda: sum(not c.idle for c in server.connections()) == 2)
         with Client(server.port) as refused:
             answer = refused.read_response()
-            assert answer.status == 503 and answer.error()["code"] == "too_many_connections"
+            assert error_of(answer, 503)["code"] == "too_many_connections"
             assert answer.header("retry-after") == "1"
         gate.set()
         for client in busy:

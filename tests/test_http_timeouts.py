@@ -9,6 +9,7 @@ from helios_raw.app import App
 from helios_raw.http.limits import Limits
 from helios_raw.http.protocol import PROBE_DELAY
 from helios_raw.http.response import Response
+from helios_raw.http.sse import sse_response
 from helios_raw.openai.handlers import health_route
 from tests.support.clock import on_virtual_clock
 from tests.support.wire import Wire
@@ -27,7 +28,17 @@ def make_app(release: asyncio.Event | None = None) -> App:
         await release.wait()
         return Response(b"cancelled" if request.cancelled.is_set() else b"wanted", content_type="text/plain")
 
+    async def events(request):
+        async def produce(sink):
+            sink.send({"n": 0})
+            await release.wait()
+            sink.send({"n": 1})
+            sink.done()
+
+        return sse_response(produce)
+
     app.add_route("GET", "/wait", wait)
+    app.add_route("GET", "/events", events)
     return app
 
 
@@ -99,6 +110,38 @@ async def test_body_idle_timer_restarts_with_each_piece_of_body():
     assert wire.take().endswith(b"content-length: 15\r\n\r\n" + b"x" * 15)
 
 
+@on_virtual_clock
+async def test_a_body_trickling_in_is_cut_off_at_the_body_timeout():
+    wire = Wire(make_app(), Limits(body_idle_timeout=1.0, body_timeout=4.0))
+    wire.feed(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+    for step in range(1, 8):  # a byte every half second: never idle for a second
+        await until(step / 2)
+        wire.feed(b"x")
+    await until(4 - JUST)
+    assert wire.take() == b""
+    await until(4)
+    assert is_408(wire.take(), b"The request body was not received in full within 4 seconds.")
+
+
+@on_virtual_clock
+async def test_the_body_idle_timeout_still_applies_before_the_body_timeout():
+    wire = Wire(make_app(), Limits(body_idle_timeout=1.0, body_timeout=4.0))
+    wire.feed(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nx")
+    await until(2.5)
+    wire.feed(b"x")  # too late: the idle timeout fired at 1 s
+    assert is_408(wire.take(), b"No request body data was received for 1 seconds.")
+
+
+@on_virtual_clock
+async def test_a_body_complete_within_the_body_timeout_is_served():
+    wire = Wire(make_app(), Limits(body_idle_timeout=1.0, body_timeout=4.0))
+    wire.feed(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\n")
+    for step in range(1, 9):  # the last byte at 4 - 1/8 s
+        await until(step / 2 - 0.125)
+        wire.feed(b"x")
+    assert wire.take().endswith(b"\r\n\r\nxxxxxxxx")
+
+
 PROCESSING = b"HTTP/1.1 102 Processing\r\n\r\n"
 
 
@@ -135,3 +178,22 @@ async def test_an_http_1_0_client_is_never_sent_an_interim_response():
     release.set()
     await until(11)
     assert wire.take().endswith(b"\r\n\r\nwanted")
+
+
+@on_virtual_clock
+async def test_a_half_closed_client_of_a_quiet_event_stream_is_sent_a_comment_each_second():
+    release = asyncio.Event()
+    wire = Wire(make_app(release))
+    wire.feed(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+    await until(0.25)
+    assert wire.take().endswith(b'\r\n\r\nf\r\ndata: {"n":0}\n\n\r\n')
+    wire.protocol.eof_received()
+    await until(0.25 + PROBE_DELAY - JUST)
+    assert wire.take() == b""
+    await until(0.25 + PROBE_DELAY)
+    assert wire.take() == b"3\r\n:\n\n\r\n"  # an SSE comment: every client skips it
+    await until(0.25 + PROBE_DELAY + 1)
+    assert wire.take() == b"3\r\n:\n\n\r\n"
+    release.set()
+    await until(4)
+    assert wire.take() == b'f\r\ndata: {"n":1}\n\n\r\ne\r\ndata: [DONE]\n\n\r\n0\r\n\r\n'

@@ -600,8 +600,10 @@ def test_malformed_http_is_answered_with_openai_error_objects(keyed_proxy, raw, 
         error_of(client.read_response(), status)
 
 
-def test_too_many_connections_is_a_503_error_object(keyed_proxy) -> None:
-    # Two connections that have begun a request hold both places.
+def test_a_request_displaced_at_the_connection_cap_gets_a_408_error_object(keyed_proxy) -> None:
+    # Two connections that have begun a request hold both places; a third takes the place of the
+    # slower of them, which is answered 408. (The 503 when every connection is answering a
+    # request is in test_http_limits.py.)
     holders = [Client(keyed_proxy.port), Client(keyed_proxy.port)]
     try:
         for holder in holders:
@@ -610,9 +612,13 @@ def test_too_many_connections_is_a_503_error_object(keyed_proxy) -> None:
             if sum(not c.idle for c in keyed_proxy.connections()) == 2:
                 break
             time.sleep(0.01)
-        with Client(keyed_proxy.port) as refused:
-            error = error_of(refused.read_response(), 503)
-        assert error["code"] == "too_many_connections"
+        with Client(keyed_proxy.port) as newcomer:
+            newcomer.request("GET", "/health")
+            assert newcomer.read_response().status == 200
+        registered = {c.client for c in keyed_proxy.connections()}
+        (displaced,) = [h for h in holders if h.sock.getsockname() not in registered]
+        error = error_of(displaced.read_response(), 408)
+        assert error["code"] == "request_timeout"
     finally:
         for holder in holders:
             holder.close()

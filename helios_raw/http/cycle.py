@@ -29,6 +29,7 @@ _h11_Data = h11.Data
 _h11_EndOfMessage = h11.EndOfMessage
 _h11_Response = h11.Response
 _INVALID_RESPONSE = (h11.LocalProtocolError, ValueError, TypeError)
+_PROCESSING = h11.InformationalResponse(status_code=102, headers=[], reason=b"Processing")
 
 
 class Cycle:
@@ -36,7 +37,7 @@ class Cycle:
 
     __slots__ = (
         "connection", "request", "body", "body_size", "started", "status", "sent", "task",
-        "response_started", "keep_alive", "error_frames", "aborting", "writer",
+        "response_started", "keep_alive", "error_frames", "heartbeat", "aborting", "writer",
     )
 
     def __init__(self, connection: "HTTPProtocol", request: Request, keep_alive: bool) -> None:
@@ -51,6 +52,7 @@ class Cycle:
         self.response_started = False
         self.keep_alive = keep_alive  # the client allows another request after this one
         self.error_frames = None  # the streamed body's way to end early, see StreamingResponse
+        self.heartbeat: Optional[bytes] = None  # what a streamed body may carry anywhere, ditto
         self.aborting = False  # a shutdown deadline passed: end the response early
         self.writer: Optional[StreamWriter] = None
 
@@ -178,6 +180,7 @@ class Cycle:
         self.status = response.status
         self.response_started = True
         self.error_frames = response.error_frames
+        self.heartbeat = response.heartbeat
         connection.transport.write(connection.conn.send(head))
         if self.request.method != "HEAD":
             self.writer = StreamWriter(self)
@@ -198,6 +201,21 @@ class Cycle:
         if transport.get_write_buffer_size() > limit:
             connection.app.log_error(f"client {connection.client} left more than {limit} bytes unread; closing", None)
             transport.abort()
+
+    def write_probe(self) -> bool:
+        """Write what the client must take without its answer changing, to learn whether it is
+        still there (see HTTPProtocol on half-closes): before the response, an interim ``102
+        Processing`` (HTTP/1.1 only); during a stream that has one, its heartbeat. False when
+        there is nothing we may write."""
+        if not self.response_started:
+            if self.request.http_version != "1.1":
+                return False
+            self.connection.transport.write(self.connection.conn.send(_PROCESSING))
+            return True
+        if self.heartbeat is None or self.writer is None:
+            return False
+        self.writer.write(self.heartbeat)
+        return True
 
     def finish(self, keep_alive: bool, message_ended: bool = False) -> None:
         """End the cycle: close the message, log it, then let the connection go on or close."""

@@ -241,3 +241,28 @@ def head_too_large(limits: Limits) -> APIError:
 def body_too_large(limits: Limits) -> APIError:
     return APIError(413, f"The request body is larger than {limits.max_body_bytes} bytes.",
                     code="request_too_large")
+
+
+def head_timeout(limits: Limits) -> APIError:
+    return APIError(408, f"The request head was not received within {limits.head_timeout:g} seconds.",
+                    code="request_timeout")
+
+
+def body_timeout(limits: Limits, in_full: bool) -> APIError:
+    """The body stopped arriving for ``body_idle_timeout``, or (``in_full``) was not all there
+    within ``body_timeout``."""
+    if in_full:
+        message = f"The request body was not received in full within {limits.body_timeout:g} seconds."
+    else:
+        message = f"No request body data was received for {limits.body_idle_timeout:g} seconds."
+    return APIError(408, message, code="request_timeout")
+
+
+def too_slow_at_the_cap() -> APIError:
+    return APIError(408, "The server is at its connection limit and your request was arriving too slowly.",
+                    code="request_timeout")
+
+
+def too_many_connections() -> APIError:
+    return APIError(503, "The server has too many open connections; try again shortly.",
+                    type="server_error", code="too_many_connections", headers=[("retry-after", "1")])

@@ -9,7 +9,8 @@ A connection is in one :class:`Phase` at a time, and each phase has at most one 
 
 - ``IDLE``: waiting for a request; closed after ``keepalive_timeout``.
 - ``HEAD``: a head is arriving; it must be complete ``head_timeout`` after its first byte (408).
-- ``BODY``: its body is arriving; no byte for ``body_idle_timeout`` is a 408.
+- ``BODY``: its body is arriving; no byte for ``body_idle_timeout``, or not all of it within
+  ``body_timeout``, is a 408.
 - ``RESPONDING``: the request is complete; its handler runs and its response is written.
 - ``LINGERING``: an error was sent; input is read and dropped for a moment, then the close.
 - ``CLOSED``: the transport is closing or gone.
@@ -22,12 +23,13 @@ request head's worth. A reset, or a write that fails, sets ``request.cancelled``
 
 A client's EOF (FIN) while its request is handled does not: it may be a half-close, after which
 HTTP lets the client read its answer, or a full close; the two look alike until something is
-written, which a fully closed client answers with a reset. A streamed response's own writes show
-it; before a response has begun, an HTTP/1.1 client is written an interim ``102 Processing`` (any
-number of which HTTP/1.1 clients must accept before the final response) ``PROBE_DELAY`` seconds
-after its EOF and each second after, and the socket is checked for the reset in between. A
-half-closed client gets its answer and those to requests it pipelined before its EOF, then the
-connection closes. An HTTP/1.0 client's full close is seen only when its answer is written.
+written, which a fully closed client answers with a reset. So from ``PROBE_DELAY`` seconds after
+the EOF, each second, the client is written something it must take without its answer changing
+(:meth:`Cycle.write_probe`: an interim ``102 Processing`` before the response, any number of
+which HTTP/1.1 clients accept; a stream's heartbeat, such as an SSE comment, during one), and the
+socket is checked for the reset in between. A half-closed client gets its answer and those to
+requests it pipelined before its EOF, then the connection closes. Where nothing may be written
+(HTTP/1.0, a stream without a heartbeat), a full close is seen at the next write of the answer.
 
 The application is any object with:
 
@@ -49,18 +51,10 @@ from typing import TYPE_CHECKING, Optional
 import h11
 
 from ..errors import APIError
+from . import framing
 from .cycle import Cycle
-from .framing import (
-    CHUNKED,
-    HeadScanner,
-    body_too_large,
-    malformed,
-    protocol_error,
-    read_head,
-    request_line_overlong,
-    request_line_too_long,
-    strict_chunks,
-)
+from .deadline import Deadline
+from .framing import CHUNKED, read_head
 from .heads import raw_error
 from .limits import Limits
 from .request import Request
@@ -71,19 +65,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from .server import ConnectionRegistry
 
 _LINGER_SECONDS = 2.0
-#: Seconds after a client's EOF before the first ``102 Processing`` is written to tell a half-close
-#: from a full close, so that a prompt answer is never preceded by one; then one a second.
+#: Seconds after a client's EOF before the first probe is written to tell a half-close from a full
+#: close, so that a prompt answer is never preceded by one; then one a second.
 PROBE_DELAY = 1.0
 #: Seconds between looks at the socket for the reset a fully closed client answers a write with.
 _PROBE_TICK = 0.25
-_PROCESSING = h11.InformationalResponse(status_code=102, headers=[], reason=b"Processing")
 _h11_Request = h11.Request
 _h11_Data = h11.Data
 _h11_EndOfMessage = h11.EndOfMessage
 _h11_NEED_DATA = h11.NEED_DATA
 _h11_PAUSED = h11.PAUSED
-_h11_DONE = h11.DONE
-_h11_MUST_CLOSE = h11.MUST_CLOSE
 #: h11's states in which a connection can still serve another request: ours while a response is
 #: being written or after it ended, the client's once its request is complete (an Upgrade we
 #: decline included).
@@ -123,17 +114,18 @@ class HTTPProtocol(asyncio.Protocol):
         self.flow = FlowControl()
         self.client: Optional[tuple] = None
         self.phase = IDLE
-        self.scanner = HeadScanner()
+        self.scanner = framing.HeadScanner()
         self.cycle: Optional[Cycle] = None
         self.requests_served = 0
         self.draining = False  # a graceful shutdown asked to close after the request in hand
         self.half_closed = False  # the client sent its EOF; it may still read
         self._next_probe = 0.0
+        self._body_due = 0.0  # when the body now arriving must be complete
+        self._receiving_since = 0.0  # when the request now arriving sent its first byte
+        self._received = 0  # bytes of it received so far
         self._reading_paused = False
         self._parsing = False  # inside _handle_events: a cycle ending there must not re-enter it
-        self._timer: Optional[asyncio.TimerHandle] = None
-        self._deadline = 0.0
-        self._on_deadline = None  # what to do at ``_deadline``; None: nothing is timed
+        self.deadline = Deadline(self.loop)
 
     @property
     def closed(self) -> bool:
@@ -155,20 +147,14 @@ class HTTPProtocol(asyncio.Protocol):
             self.close()
             return
         if not self.registry.admit(self):
-            self.send_raw_error(
-                None, APIError(503, "The server has too many open connections; try again shortly.",
-                               type="server_error", code="too_many_connections",
-                               headers=[("retry-after", "1")]))
+            self.send_raw_error(None, framing.too_many_connections())
             return
-        self._set_deadline(self.limits.keepalive_timeout, self._on_idle_timeout)
+        self.deadline.set(self.limits.keepalive_timeout, self._on_idle_timeout)
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self.phase = CLOSED
         self.registry.discard(self)
-        self._clear_deadline()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.deadline.cancel()
         self.flow.resume()  # wake writers so they see the connection is gone
         cycle = self.cycle
         if cycle is not None:
@@ -198,7 +184,9 @@ class HTTPProtocol(asyncio.Protocol):
         if phase is IDLE:
             self.phase = phase = HEAD
             self.scanner.start()
-            self._set_deadline(self.limits.head_timeout, self._on_head_timeout)
+            self.deadline.set(self.limits.head_timeout, self._on_head_timeout)
+            self._receiving_since = self.loop.time()
+            self._received = 0
         elif phase is LINGERING or phase is CLOSED:
             return
         elif phase is RESPONDING and not self.cycle.keep_alive:
@@ -208,8 +196,9 @@ class HTTPProtocol(asyncio.Protocol):
         if phase is HEAD:
             fault = self.scanner.feed(data)
             if fault is not None:
-                self.send_raw_error(None, malformed(fault))
+                self.send_raw_error(None, framing.malformed(fault))
                 return
+        self._received += len(data)
         self.conn.receive_data(data)
         self._handle_events()
 
@@ -232,11 +221,11 @@ class HTTPProtocol(asyncio.Protocol):
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
                 self.send_raw_error(self.cycle.request if self.cycle else None,
-                                    protocol_error(exc, conn.trailing_data[0], self.limits))
+                                    framing.protocol_error(exc, conn.trailing_data[0], self.limits))
                 return
             if event is _h11_NEED_DATA:
-                if phase is HEAD and request_line_overlong(conn.trailing_data[0], self.limits):
-                    self.send_raw_error(None, request_line_too_long(self.limits))
+                if phase is HEAD and framing.request_line_overlong(conn.trailing_data[0], self.limits):
+                    self.send_raw_error(None, framing.request_line_too_long(self.limits))
                 return
             if event is _h11_PAUSED:
                 # A pipelined request waits behind the one in flight; stop reading if it piles up.
@@ -255,7 +244,7 @@ class HTTPProtocol(asyncio.Protocol):
                 if self.half_closed:  # a request pipelined before the client's EOF
                     self._start_probing()
                 else:
-                    self._clear_deadline()
+                    self.deadline.clear()
                 cycle.dispatch()
                 if not cycle.keep_alive:
                     return  # the client's last request: nothing after it is parsed
@@ -274,26 +263,36 @@ class HTTPProtocol(asyncio.Protocol):
         self.phase = BODY
         self.cycle = Cycle(self, request, keep_alive)
         if length is None:
-            self._clear_deadline()
+            self.deadline.clear()
             return
         if length > limits.max_body_bytes:
-            self.send_raw_error(request, body_too_large(limits))
+            self.send_raw_error(request, framing.body_too_large(limits))
             return
         if length == CHUNKED:
-            strict_chunks(self.conn, limits.max_head_bytes)
+            framing.strict_chunks(self.conn, limits.max_head_bytes)
         if self.conn.they_are_waiting_for_100_continue:
             self.transport.write(self.conn.send(h11.InformationalResponse(
                 status_code=100, headers=[], reason=b"Continue")))
-        self._set_deadline(limits.body_idle_timeout, self._on_body_timeout)
+        self._body_due = self.loop.time() + limits.body_timeout
+        self.deadline.set(min(limits.body_idle_timeout, limits.body_timeout), self._on_body_timeout)
 
     def _on_body(self, data: bytes) -> None:
         cycle = self.cycle
         cycle.body_size += len(data)
-        if cycle.body_size > self.limits.max_body_bytes:
-            self.send_raw_error(cycle.request, body_too_large(self.limits))
+        limits = self.limits
+        if cycle.body_size > limits.max_body_bytes:
+            self.send_raw_error(cycle.request, framing.body_too_large(limits))
             return
         cycle.body.append(data)
-        self._set_deadline(self.limits.body_idle_timeout, self._on_body_timeout)
+        self.deadline.set(min(limits.body_idle_timeout, self._body_due - self.loop.time()),
+                           self._on_body_timeout)
+
+    def receive_rate(self, now: float) -> Optional[float]:
+        """Bytes a second at which the request now arriving has come in; None unless a head or
+        a body is arriving."""
+        if self.phase is not HEAD and self.phase is not BODY:
+            return None
+        return self._received / max(now - self._receiving_since, 1e-3)
 
     # -- between requests ----------------------------------------------------------------------
 
@@ -325,26 +324,19 @@ class HTTPProtocol(asyncio.Protocol):
         pending, eof = conn.trailing_data
         if pending:  # a pipelined request is already here
             self.phase = HEAD
+            self._receiving_since = self.loop.time()
+            self._received = len(pending)
             self.scanner.start()
             fault = self.scanner.feed(pending)
             if fault is not None:
-                self.send_raw_error(None, malformed(fault))
+                self.send_raw_error(None, framing.malformed(fault))
                 return
-            self._set_deadline(self.limits.head_timeout, self._on_head_timeout)
+            self.deadline.set(self.limits.head_timeout, self._on_head_timeout)
         else:
             self.phase = IDLE
-            self._set_deadline(self.limits.keepalive_timeout, self._on_idle_timeout)
+            self.deadline.set(self.limits.keepalive_timeout, self._on_idle_timeout)
         if (pending or eof) and not self._parsing:
             self._handle_events()
-
-    async def drain(self) -> None:
-        """Wait until the transport accepts output again (or ``limits.write_timeout`` passes, then
-        drop the connection)."""
-        if self.flow.paused and not self.closed:
-            try:
-                await asyncio.wait_for(self.flow.wait_writable(), self.limits.write_timeout)
-            except asyncio.TimeoutError:
-                self.give_up_on_slow_reader()
 
     def give_up_on_slow_reader(self) -> None:
         if not self.closed:
@@ -382,62 +374,35 @@ class HTTPProtocol(asyncio.Protocol):
         if self._reading_paused:
             self._reading_paused = False
             self.transport.resume_reading()
-        self._set_deadline(_LINGER_SECONDS, self.close)
+        self.deadline.set(_LINGER_SECONDS, self.close)
 
     def close(self) -> None:
         self.phase = CLOSED
-        self._clear_deadline()
+        self.deadline.clear()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
-    # -- timers ------------------------------------------------------------------------------
-    # One deadline per connection. Moving it later costs two stores: the armed timer, on firing
-    # early, re-arms itself for the new deadline. Only an earlier deadline re-arms at once.
-
-    def _set_deadline(self, seconds: float, action) -> None:
-        deadline = self.loop.time() + seconds
-        self._deadline = deadline
-        self._on_deadline = action
-        timer = self._timer
-        if timer is None or timer.when() > deadline:
-            if timer is not None:
-                timer.cancel()
-            self._timer = self.loop.call_at(deadline, self._deadline_reached)
-
-    def _clear_deadline(self) -> None:
-        self._on_deadline = None
-
-    def _deadline_reached(self) -> None:
-        self._timer = None
-        action = self._on_deadline
-        if action is None or self.closed:
-            return
-        if self.loop.time() < self._deadline:
-            self._timer = self.loop.call_at(self._deadline, self._deadline_reached)
-            return
-        self._on_deadline = None
-        action()
+    # -- timed actions -----------------------------------------------------------------------
 
     def _start_probing(self) -> None:
         self._next_probe = self.loop.time() + PROBE_DELAY
-        self._set_deadline(_PROBE_TICK, self._probe)
+        self.deadline.set(_PROBE_TICK, self._probe)
 
     def _probe(self) -> None:
-        """Half-closed, with a request in hand whose response has not begun: has the client
-        closed altogether? (see the module's docstring)"""
+        """Half-closed with a request in hand: has the client closed altogether? (see the
+        module's docstring)"""
         cycle = self.cycle
-        if self.phase is not RESPONDING or cycle is None or cycle.response_started:
+        if self.phase is not RESPONDING or cycle is None:
             return
         sock = self.transport.get_extra_info("socket")
         if sock is not None and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
             self.transport.abort()  # a reset: the client is gone, connection_lost follows
             return
-        if cycle.request.http_version != "1.1":
-            return
         if self.loop.time() >= self._next_probe:
             self._next_probe += 1.0
-            self.transport.write(self.conn.send(_PROCESSING))
-        self._set_deadline(_PROBE_TICK, self._probe)
+            if not cycle.write_probe():
+                return
+        self.deadline.set(_PROBE_TICK, self._probe)
 
     def _on_idle_timeout(self) -> None:
         if self.phase is IDLE:
@@ -445,17 +410,21 @@ class HTTPProtocol(asyncio.Protocol):
 
     def _on_head_timeout(self) -> None:
         if self.phase is HEAD:
-            self.send_raw_error(None, APIError(
-                408, f"The request head was not received within {self.limits.head_timeout:g} seconds.",
-                code="request_timeout"))
+            self.send_raw_error(None, framing.head_timeout(self.limits))
 
     def _on_body_timeout(self) -> None:
         if self.phase is BODY:
-            self.send_raw_error(self.cycle.request, APIError(
-                408, f"No request body data was received for {self.limits.body_idle_timeout:g} seconds.",
-                code="request_timeout"))
+            timeout = framing.body_timeout(self.limits, in_full=self.loop.time() >= self._body_due)
+            self.send_raw_error(self.cycle.request, timeout)
 
     # -- server control ----------------------------------------------------------------------
+
+    def evict(self) -> None:
+        """Close to make room for a new connection (see ``ConnectionRegistry``): a request still
+        arriving is answered 408 first."""
+        if self.phase is HEAD or self.phase is BODY:
+            self.send_raw_error(self.cycle.request if self.cycle else None, framing.too_slow_at_the_cap())
+        self.close()
 
     def shutdown(self) -> None:
         """Graceful stop: close now unless a request is in hand (a head still arriving is dropped:

@@ -88,10 +88,16 @@ class StreamWriter(ResponseWriter):
             self.cycle.write_body(data)
 
     async def drain(self) -> None:
-        """Wait while the client reads slower than we write; ClientGone if it has left."""
+        """Wait while the client reads slower than we write; ClientGone if it has left, or read
+        nothing for ``limits.write_timeout`` (the connection is then dropped)."""
         if self.closed:
             raise ClientGone()
-        await self.connection.drain()
+        connection = self.connection
+        if connection.flow.paused:
+            try:
+                await asyncio.wait_for(connection.flow.wait_writable(), connection.limits.write_timeout)
+            except asyncio.TimeoutError:
+                connection.give_up_on_slow_reader()
         if self.closed:
             raise ClientGone()
 
