@@ -50,6 +50,21 @@ async def until(moment: float) -> None:
     await arrived
 
 
+async def trickle(wire: Wire, moments) -> None:
+    """Feed one body byte at each of ``moments``."""
+    for moment in moments:
+        await until(moment)
+        wire.feed(b"x")
+
+
+async def written_at(wire: Wire, moment: float) -> bytes:
+    """What is written at ``moment``, having checked that nothing was written just before."""
+    await until(moment - JUST)
+    assert wire.take() == b""
+    await until(moment)
+    return wire.take()
+
+
 def is_408(data: bytes, about: bytes) -> bool:
     return (data.startswith(b"HTTP/1.1 408 Request Timeout\r\n") and b'"code":"request_timeout"' in data
             and about in data and b"connection: close" in data)
@@ -62,10 +77,8 @@ async def test_slowloris_head_deadline_is_not_reset_by_trickled_bytes():
     for step in range(1, 8):  # a header line every 1/16 s, the last at 7/16 s
         await until(step / 16)
         wire.feed(b"X-Slow: 1\r\n")
-    await until(0.5 - JUST)
-    assert wire.take() == b""
-    await until(0.5)  # half a second after the head's first byte, however busy the client is
-    assert is_408(wire.take(), b"The request head was not received within 0.5 seconds.")
+    # Half a second after the head's first byte, however busy the client is:
+    assert is_408(await written_at(wire, 0.5), b"The request head was not received within 0.5 seconds.")
     assert wire.transport.eof_written
 
 
@@ -94,19 +107,14 @@ async def test_keepalive_timeout_runs_from_the_end_of_the_last_response():
 async def test_body_idle_timeout():
     wire = Wire(make_app(), Limits(body_idle_timeout=0.25))
     wire.feed(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
-    await until(0.25 - JUST)
-    assert wire.take() == b""
-    await until(0.25)
-    assert is_408(wire.take(), b"No request body data was received for 0.25 seconds.")
+    assert is_408(await written_at(wire, 0.25), b"No request body data was received for 0.25 seconds.")
 
 
 @on_virtual_clock
 async def test_body_idle_timer_restarts_with_each_piece_of_body():
     wire = Wire(make_app(), Limits(body_idle_timeout=1.0))
     wire.feed(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 15\r\n\r\n")
-    for step in range(1, 16):  # 15 bytes 7/8 s apart: 13 s in all, never idle for 1 s
-        await until(step * 0.875)
-        wire.feed(b"x")
+    await trickle(wire, [step * 0.875 for step in range(1, 16)])  # 13 s in all, never idle for 1 s
     assert wire.take().endswith(b"content-length: 15\r\n\r\n" + b"x" * 15)
 
 
@@ -114,13 +122,8 @@ async def test_body_idle_timer_restarts_with_each_piece_of_body():
 async def test_a_body_trickling_in_is_cut_off_at_the_body_timeout():
     wire = Wire(make_app(), Limits(body_idle_timeout=1.0, body_timeout=4.0))
     wire.feed(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
-    for step in range(1, 8):  # a byte every half second: never idle for a second
-        await until(step / 2)
-        wire.feed(b"x")
-    await until(4 - JUST)
-    assert wire.take() == b""
-    await until(4)
-    assert is_408(wire.take(), b"The request body was not received in full within 4 seconds.")
+    await trickle(wire, [step / 2 for step in range(1, 8)])  # never idle for a second
+    assert is_408(await written_at(wire, 4), b"The request body was not received in full within 4 seconds.")
 
 
 @on_virtual_clock
@@ -136,9 +139,7 @@ async def test_the_body_idle_timeout_still_applies_before_the_body_timeout():
 async def test_a_body_complete_within_the_body_timeout_is_served():
     wire = Wire(make_app(), Limits(body_idle_timeout=1.0, body_timeout=4.0))
     wire.feed(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\n")
-    for step in range(1, 9):  # the last byte at 4 - 1/8 s
-        await until(step / 2 - 0.125)
-        wire.feed(b"x")
+    await trickle(wire, [step / 2 - 0.125 for step in range(1, 9)])  # the last at 4 - 1/8 s
     assert wire.take().endswith(b"\r\n\r\nxxxxxxxx")
 
 
@@ -152,14 +153,8 @@ async def test_a_half_closed_client_waiting_is_sent_102_processing_each_second_t
     wire.feed(b"GET /wait HTTP/1.1\r\nHost: x\r\n\r\n")
     await until(0.5)
     wire.protocol.eof_received()
-    await until(0.5 + PROBE_DELAY - JUST)
-    assert wire.take() == b""  # a prompt answer is never preceded by a probe
-    await until(0.5 + PROBE_DELAY)
-    assert wire.take() == PROCESSING
-    await until(0.5 + PROBE_DELAY + 1 - JUST)
-    assert wire.take() == b""
-    await until(0.5 + PROBE_DELAY + 1)
-    assert wire.take() == PROCESSING
+    assert await written_at(wire, 0.5 + PROBE_DELAY) == PROCESSING  # never before a prompt answer
+    assert await written_at(wire, 0.5 + PROBE_DELAY + 1) == PROCESSING
     release.set()
     await until(4)
     answer = wire.take()
@@ -188,12 +183,9 @@ async def test_a_half_closed_client_of_a_quiet_event_stream_is_sent_a_comment_ea
     await until(0.25)
     assert wire.take().endswith(b'\r\n\r\nf\r\ndata: {"n":0}\n\n\r\n')
     wire.protocol.eof_received()
-    await until(0.25 + PROBE_DELAY - JUST)
-    assert wire.take() == b""
-    await until(0.25 + PROBE_DELAY)
-    assert wire.take() == b"3\r\n:\n\n\r\n"  # an SSE comment: every client skips it
-    await until(0.25 + PROBE_DELAY + 1)
-    assert wire.take() == b"3\r\n:\n\n\r\n"
+    comment = b"3\r\n:\n\n\r\n"  # an SSE comment: every client skips it
+    assert await written_at(wire, 0.25 + PROBE_DELAY) == comment
+    assert await written_at(wire, 0.25 + PROBE_DELAY + 1) == comment
     release.set()
     await until(4)
     assert wire.take() == b'f\r\ndata: {"n":1}\n\n\r\ne\r\ndata: [DONE]\n\n\r\n0\r\n\r\n'
