@@ -10,10 +10,11 @@ from __future__ import annotations
 import hmac
 import inspect
 import logging
+import time
 from typing import Awaitable, Callable, Iterable, Optional
 
 from .errors import APIError
-from .http.request import Request
+from .http.request import Request, new_request_id
 from .http.response import Response
 from .http.router import Route, Router
 
@@ -25,7 +26,7 @@ error_log = logging.getLogger("helios_raw.error")
 
 _ALLOWED_HEADERS = (b"authorization, x-api-key, content-type, accept, anthropic-version, anthropic-beta, "
                     b"openai-organization, openai-project, x-stainless-*")
-_ALLOW_ANY = [(b"access-control-allow-origin", b"*")]
+_ALLOW_ANY = (b"access-control-allow-origin", b"*")
 _PUBLIC_PATHS = frozenset({"/health"})
 _ACCESS_FORMAT = '%s - "%s %s HTTP/%s" %d %d %.1fms'
 
@@ -89,13 +90,21 @@ class App:
         return None
 
     def response_headers(self, request: Optional[Request]) -> list:
-        """CORS headers for every response, errors and streams included."""
+        """The headers of every response, errors and streams included: CORS; ``x-request-id``,
+        the request's id (a fresh one when no request could be parsed); and, as OpenAI sends it,
+        ``openai-processing-ms``, the milliseconds from the request's head to this response's."""
+        if request is None:
+            headers = [(b"x-request-id", new_request_id().encode())]
+        else:
+            headers = [(b"x-request-id", request.id.encode()),
+                       (b"openai-processing-ms", b"%d" % ((time.perf_counter() - request.started) * 1000.0))]
         if self.cors_any:
-            return _ALLOW_ANY
+            headers.insert(0, _ALLOW_ANY)
+            return headers
         origin = _origin(request)
         if origin is not None and origin in self.cors_origins:
-            return [(b"access-control-allow-origin", origin), (b"vary", b"Origin")]
-        return [(b"vary", b"Origin")]
+            return [(b"access-control-allow-origin", origin), (b"vary", b"Origin")] + headers
+        return [(b"vary", b"Origin")] + headers
 
     def log_access(self, request: Request, status: int, sent: int, seconds: float) -> None:
         if self.access_log_enabled and access_log.isEnabledFor(logging.INFO):

@@ -142,6 +142,40 @@ def test_every_response_has_date_and_server_headers(server):
             assert re.fullmatch(r"\w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT", answer.header("date"))
 
 
+MINTED = re.compile(r"req_[0-9a-f]{32}")
+
+
+def test_every_response_has_a_request_id_of_its_own_and_its_processing_time(server):
+    with Client(server.port) as client:
+        ids = []
+        for target in ("/health", "/static", "/missing", "/static"):
+            client.request("GET", target)
+            answer = client.read_response()
+            ids.append(answer.header("x-request-id"))
+            assert MINTED.fullmatch(ids[-1]) and answer.header("openai-processing-ms").isdigit()
+        assert len(set(ids)) == len(ids)
+
+
+@pytest.mark.parametrize("given, echoed", [
+    ("abc-123", True), ("req_" + "f" * 32, True), ("x" * 128, True), ("!~/.:_", True),
+    ("x" * 129, False), ("two words", False), ("caf\xe9", False),
+])
+def test_a_sane_request_id_from_the_client_is_echoed_and_any_other_replaced(server, given, echoed):
+    with Client(server.port) as client:
+        client.request("GET", "/static", [("X-Request-Id", given)])
+        answer = client.read_response()
+        assert answer.status == 200
+        assert answer.header("x-request-id") == given if echoed else MINTED.fullmatch(answer.header("x-request-id"))
+
+
+def test_a_request_refused_before_it_was_parsed_still_has_a_request_id(server):
+    with Client(server.port) as client:
+        client.send(b"\x00garbage\r\n\r\n")
+        answer = client.read_response()
+        assert answer.status == 400 and MINTED.fullmatch(answer.header("x-request-id"))
+        assert answer.header("openai-processing-ms") is None
+
+
 def test_query_and_trailing_slash_reach_the_route(server):
     with Client(server.port) as client:
         client.request("GET", "/seq/?i=7&unused=")

@@ -573,7 +573,7 @@ CHAT = json.dumps(chat_body(model="tiny")).encode()
     ("GET", "/v1/chat/completions", KEY, b"", 405, None),
     ("DELETE", "/v1/models", KEY, b"", 405, None),
     ("POST", "/v1/chat/completions", KEY + JSON, b"{" + b" " * 5000 + b"}", 413, None),
-    ("POST", "/v1/chat/completions", KEY + [("Content-Type", "text/plain")], CHAT, 415, "unsupported_media_type"),
+    ("POST", "/v1/chat/completions", KEY + [("Content-Type", "text/plain")], b"hello", 415, "unsupported_media_type"),
     ("POST", "/v1/chat/completions", KEY + JSON, b'{"model": "tiny", "messages": [', 400, None),
     ("POST", "/v1/chat/completions", KEY + JSON, b"[1, 2]", 400, None),
     ("POST", "/v1/chat/completions", KEY + JSON, CHAT, 429, "rate_limit_exceeded"),

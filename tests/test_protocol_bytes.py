@@ -1,8 +1,9 @@
 """HTTPProtocol fed exact bytes through a recording transport; assertions on the exact bytes written.
 
 The transport stands in for asyncio's socket transport (write, close, write_eof, pause_reading
-...); everything above it (protocol, h11, App, router, handlers) is the real code. The ``Date``
-header is the one varying part of a response; it is checked for shape, then replaced by ``DATE``.
+...); everything above it (protocol, h11, App, router, handlers) is the real code. The varying
+parts of a response are checked for shape, then replaced: the Date by ``DATE``, a request id the
+server minted by ``ID``, the processing milliseconds by ``MS``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from tests.support.wire import DATE, RecordingTransport, Wire
 
 HEALTH_OK = (
     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\naccess-control-allow-origin: *\r\n"
-    b"server: helios_raw\r\ndate: DATE\r\ncontent-length: 15\r\n\r\n{\"status\":\"ok\"}"
+    b"x-request-id: ID\r\nopenai-processing-ms: MS\r\nserver: helios_raw\r\ndate: DATE\r\ncontent-length: 15\r\n\r\n{\"status\":\"ok\"}"
 )
 # The server's own decision to close (request limit, shutdown) is ``connection: close``; h11
 # rewrites it as ``Connection: close`` when the client asked (HTTP/1.0, ``Connection: close``).
@@ -35,11 +36,13 @@ def status_lines(data: bytes) -> int:
     return len(re.findall(rb"HTTP/1\.1 \d{3} ", data))
 
 
-def error_bytes(status: bytes, body: bytes) -> bytes:
-    """A protocol-level error: JSON body, CORS, Server, Date, then close."""
+def error_bytes(status: bytes, body: bytes, parsed: bool = False) -> bytes:
+    """A protocol-level error: JSON body, CORS, request id (and the milliseconds since the head
+    when it was ``parsed``), Server, Date, then close."""
     return (
         b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\naccess-control-allow-origin: *\r\n"
-        b"server: helios_raw\r\ndate: DATE\r\ncontent-length: " + str(len(body)).encode()
+        b"x-request-id: ID\r\n" + (b"openai-processing-ms: MS\r\n" if parsed else b"")
+        + b"server: helios_raw\r\ndate: DATE\r\ncontent-length: " + str(len(body)).encode()
         + b"\r\nconnection: close\r\n\r\n" + body
     )
 
@@ -117,7 +120,7 @@ async def test_pipelined_requests_in_one_read_are_answered_in_order():
     wire = Wire(make_app())
     wire.feed(GET_HEALTH + b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc" + GET_HEALTH)
     echo = (b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\naccess-control-allow-origin: *\r\n"
-            b"server: helios_raw\r\ndate: DATE\r\ncontent-length: 3\r\n\r\nabc")
+            b"x-request-id: ID\r\nopenai-processing-ms: MS\r\nserver: helios_raw\r\ndate: DATE\r\ncontent-length: 3\r\n\r\nabc")
     assert wire.take() == HEALTH_OK + echo + HEALTH_OK
 
 
@@ -132,7 +135,7 @@ async def test_pipelined_request_waits_for_the_slow_one_before_it():
     await wire.settle()
     assert wire.take() == (
         b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\naccess-control-allow-origin: *\r\n"
-        b"server: helios_raw\r\ndate: DATE\r\ncontent-length: 8\r\n\r\nreleased" + HEALTH_OK)
+        b"x-request-id: ID\r\nopenai-processing-ms: MS\r\nserver: helios_raw\r\ndate: DATE\r\ncontent-length: 8\r\n\r\nreleased" + HEALTH_OK)
 
 
 @in_loop
@@ -196,7 +199,7 @@ async def test_streaming_response_is_chunked():
     await wire.settle()
     assert wire.take() == (
         b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\naccess-control-allow-origin: *\r\n"
-        b"server: helios_raw\r\ndate: DATE\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"x-request-id: ID\r\nopenai-processing-ms: MS\r\nserver: helios_raw\r\ndate: DATE\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"3\r\none\r\n3\r\ntwo\r\n0\r\n\r\n")
 
 
@@ -207,7 +210,7 @@ async def test_streaming_response_to_http_1_0_is_delimited_by_close():
     await wire.settle()
     assert wire.take() == (
         b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\naccess-control-allow-origin: *\r\n"
-        b"server: helios_raw\r\ndate: DATE\r\nConnection: close\r\n\r\nonetwo")
+        b"x-request-id: ID\r\nopenai-processing-ms: MS\r\nserver: helios_raw\r\ndate: DATE\r\nConnection: close\r\n\r\nonetwo")
     assert wire.transport.closing
 
 
@@ -245,7 +248,7 @@ async def test_eof_in_the_middle_of_a_body_closes_without_an_answer():
 # -- smuggling and malformed framing -------------------------------------------------------------
 
 SMUGGLE_400 = error_bytes(b"400 Bad Request", error_body(
-    "A request must not carry both Content-Length and Transfer-Encoding.", "bad_request"))
+    "A request must not carry both Content-Length and Transfer-Encoding.", "bad_request"), parsed=True)
 
 
 @pytest.mark.parametrize("head", [
@@ -293,7 +296,7 @@ async def test_other_http_versions_are_505(version):
     wire = Wire(make_app())
     wire.feed(b"GET /health " + version + b"\r\nHost: x\r\n\r\n")
     assert wire.take() == error_bytes(b"505 HTTP Version Not Supported", error_body(
-        "Only HTTP/1.0 and HTTP/1.1 are supported.", "http_version_not_supported"))
+        "Only HTTP/1.0 and HTTP/1.1 are supported.", "http_version_not_supported"), parsed=True)
 
 
 @in_loop
@@ -310,7 +313,7 @@ async def test_control_bytes_in_a_header_value_are_400(value):
     wire = Wire(make_app())
     wire.feed(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Test: " + value + b"\r\n\r\n")
     assert wire.take() == error_bytes(b"400 Bad Request", error_body(
-        "Malformed HTTP request: a header value contains a control character.", "bad_request"))
+        "Malformed HTTP request: a header value contains a control character.", "bad_request"), parsed=True)
 
 
 @in_loop
@@ -378,8 +381,9 @@ async def test_framing_h11_would_tolerate_is_refused(raw, fault, pieces):
     wire = Wire(make_app(Gate()))
     step = len(raw) // pieces + 1
     wire.feed(*[raw[i:i + step] for i in range(0, len(raw), step)] + [GET_HEALTH])
+    in_body = "chunk" in fault or "trailer" in fault  # refused in the body: its head was parsed
     assert wire.take() == error_bytes(b"400 Bad Request", error_body(f"Malformed HTTP request: {fault}.",
-                                                                      "bad_request"))
+                                                                      "bad_request"), parsed=in_body)
     assert wire.transport.eof_written
 
 
@@ -413,13 +417,16 @@ async def test_a_body_may_hold_any_bytes():
 
 HEAD_431 = error_bytes(b"431 Request Header Fields Too Large", error_body(
     "The request head is larger than 16384 bytes.", "request_header_fields_too_large"))
+# h11 parses a head that arrives complete however large it is; one arriving in pieces it refuses.
+PARSED_HEAD_431 = error_bytes(b"431 Request Header Fields Too Large", error_body(
+    "The request head is larger than 16384 bytes.", "request_header_fields_too_large"), parsed=True)
 
 
 @in_loop
 async def test_complete_100kb_head_in_one_read_is_431():
     wire = Wire(make_app())
     wire.feed(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n")
-    assert wire.take() == HEAD_431
+    assert wire.take() == PARSED_HEAD_431
     assert wire.transport.eof_written
 
 
@@ -437,7 +444,7 @@ async def test_5000_headers_in_one_read_are_431():
     wire = Wire(make_app())
     wire.feed(b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(5000)) + b"\r\n")
     assert wire.take() == error_bytes(b"431 Request Header Fields Too Large", error_body(
-        "The request has more than 100 header fields.", "request_header_fields_too_large"))
+        "The request has more than 100 header fields.", "request_header_fields_too_large"), parsed=True)
 
 
 @in_loop
@@ -448,7 +455,7 @@ async def test_header_count_at_the_limit_is_accepted():
 
 
 URI_414 = error_bytes(b"414 Request-URI Too Long", error_body(
-    "The request target is longer than 8192 bytes.", "uri_too_long"))
+    "The request target is longer than 8192 bytes.", "uri_too_long"), parsed=True)
 
 
 @in_loop
@@ -478,7 +485,8 @@ async def test_long_method_is_414_however_it_arrives(pieces):
     wire = Wire(make_app())
     step = len(data) // pieces + 1
     wire.feed(*[data[i:i + step] for i in range(0, len(data), step)])
-    assert wire.take() == LINE_414
+    assert wire.take() == (LINE_414 if pieces > 1 else error_bytes(b"414 Request-URI Too Long", error_body(
+        "The request line is longer than 8224 bytes.", "uri_too_long"), parsed=True))
 
 
 @in_loop
@@ -486,7 +494,7 @@ async def test_content_length_over_the_limit_is_413_at_once_with_a_lingering_clo
     wire = Wire(make_app(), Limits(max_body_bytes=1000))
     wire.feed(b"POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1001\r\n\r\n")
     assert wire.take() == error_bytes(b"413 Request Entity Too Large", error_body(
-        "The request body is larger than 1000 bytes.", "request_too_large"))
+        "The request body is larger than 1000 bytes.", "request_too_large"), parsed=True)
     assert wire.transport.eof_written and not wire.transport.closing  # still reading, to discard
     wire.feed(b"x" * 1001)
     assert wire.take() == b""
@@ -535,7 +543,7 @@ async def test_reading_pauses_while_pipelined_requests_pile_up():
 async def test_error_answering_a_head_request_has_the_headers_of_a_get_and_no_body(head, status, body):
     wire = Wire(make_app())
     wire.feed(head)
-    assert wire.take() == error_bytes(status, body)[: -len(body)]  # Content-Length kept, body left out
+    assert wire.take() == error_bytes(status, body, parsed=True)[: -len(body)]  # Content-Length kept, no body
     assert wire.transport.eof_written
 
 
@@ -569,7 +577,7 @@ def _sse_app(produce, gate: Gate | None = None) -> App:
 
 
 SSE_HEAD = (b"HTTP/1.1 200 OK\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\n"
-            b"content-type: text/event-stream\r\naccess-control-allow-origin: *\r\nserver: helios_raw\r\n"
+            b"content-type: text/event-stream\r\naccess-control-allow-origin: *\r\nx-request-id: ID\r\nopenai-processing-ms: MS\r\nserver: helios_raw\r\n"
             b"date: DATE\r\nTransfer-Encoding: chunked\r\n\r\n")
 
 

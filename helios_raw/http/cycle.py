@@ -36,7 +36,7 @@ class Cycle:
     """One request from its head to the end of its response, on ``connection``."""
 
     __slots__ = (
-        "connection", "request", "body", "body_size", "started", "status", "sent", "task",
+        "connection", "request", "body", "body_size", "status", "sent", "task",
         "response_started", "keep_alive", "error_frames", "heartbeat", "aborting", "writer",
     )
 
@@ -45,7 +45,6 @@ class Cycle:
         self.request = request
         self.body: list[bytes] = []
         self.body_size = 0
-        self.started = time.perf_counter()
         self.status = 0
         self.sent = 0
         self.task: Optional[asyncio.Task] = None
@@ -232,7 +231,7 @@ class Cycle:
         self.keep_alive = keep_alive
         # 499 (nginx's "client closed request"): the client left before a response was started.
         status = self.status or (499 if connection.closed else 0)
-        connection.app.log_access(self.request, status, self.sent, time.perf_counter() - self.started)
+        connection.app.log_access(self.request, status, self.sent, time.perf_counter() - self.request.started)
         connection.cycle_ended(self)
 
 

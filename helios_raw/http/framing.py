@@ -30,6 +30,8 @@ CHUNKED = -1
 _VERSIONS = (b"1.0", b"1.1")
 #: Bytes h11 lets through in a header value that RFC 9110 forbids: C0 controls but HTAB, and DEL.
 _CONTROL_BYTE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
+#: A request id a client may choose for itself: 1 to 128 visible ASCII characters.
+_SANE_ID = re.compile(rb"[\x21-\x7e]{1,128}").fullmatch
 #: Common methods and versions as text, without decoding them for every request.
 _TEXT = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "1.1", "1.0")}
 
@@ -42,6 +44,7 @@ def read_head(event: h11.Request, limits: Limits, client: Optional[tuple]):
     head_size = len(method) + len(target) + 12
     has_length = has_chunked = control_byte = close = False
     content_length = 0
+    request_id = None
     for name, value in headers:
         head_size += len(name) + len(value) + 4
         if _CONTROL_BYTE(value) is not None:
@@ -53,12 +56,15 @@ def read_head(event: h11.Request, limits: Limits, client: Optional[tuple]):
             has_chunked = True
         elif name == b"connection" and b"close" in value.lower():
             close = True
+        elif name == b"x-request-id" and _SANE_ID(value):
+            request_id = value.decode("ascii")
     request = Request(
         _TEXT.get(method) or method.decode("ascii", "replace"),
         target,
         headers,
         client=client,
         http_version=_TEXT.get(version) or version.decode("ascii", "replace"),
+        request_id=request_id,
     )
     error = None
     if version not in _VERSIONS:
@@ -77,6 +83,9 @@ def read_head(event: h11.Request, limits: Limits, client: Optional[tuple]):
                          code="bad_request")
     elif control_byte:
         error = APIError(400, "Malformed HTTP request: a header value contains a control character.",
+                         code="bad_request")
+    elif request.path[:1] != "/" and not (target == b"*" and method == b"OPTIONS"):
+        error = APIError(400, "The request target must be a path ('/...'), an absolute URL, or '*' for OPTIONS.",
                          code="bad_request")
     elif dot_segment(request):
         error = APIError(400, "The request path must not contain '.' or '..' segments.", code="bad_request")

@@ -357,7 +357,7 @@ class HTTPProtocol(asyncio.Protocol):
         self.transport.write(raw_error(error, self.app.response_headers(request), head_only))
         if request is not None:
             self.app.log_access(request, error.status, 0 if head_only else len(error.to_json()),
-                                time.perf_counter() - cycle.started if cycle else 0.0)
+                                time.perf_counter() - request.started)
         self.cycle = None
         self._linger()
 

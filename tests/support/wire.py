@@ -15,8 +15,11 @@ from helios_raw.http.limits import Limits
 from helios_raw.http.protocol import HTTPProtocol
 from helios_raw.http.server import ConnectionRegistry
 
-#: The one varying part of a response: :meth:`Wire.take` replaces its value with ``DATE``.
+#: The varying parts of a response, which :meth:`Wire.take` writes as ``DATE``, ``ID`` (an id the
+#: server minted; one a client sent is kept) and ``MS``.
 DATE = re.compile(rb"\r\ndate: (?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT\r\n")
+MINTED_ID = re.compile(rb"\r\nx-request-id: req_[0-9a-f]{32}\r\n")
+PROCESSING_MS = re.compile(rb"\r\nopenai-processing-ms: \d+\r\n")
 
 
 class RecordingTransport(asyncio.Transport):
@@ -87,10 +90,12 @@ class Wire:
             self.protocol.data_received(chunk)
 
     def take(self) -> bytes:
-        """What was written since the last call, with each Date header's value replaced."""
+        """What was written since the last call, the varying parts replaced (see ``DATE``)."""
         data = bytes(self.transport.written)
         self.transport.written.clear()
-        return DATE.sub(b"\r\ndate: DATE\r\n", data)
+        data = DATE.sub(b"\r\ndate: DATE\r\n", data)
+        data = MINTED_ID.sub(b"\r\nx-request-id: ID\r\n", data)
+        return PROCESSING_MS.sub(b"\r\nopenai-processing-ms: MS\r\n", data)
 
     async def settle(self) -> None:
         """Let scheduled callbacks and tasks run."""
