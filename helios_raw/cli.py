@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--agent", metavar="MODULE:OBJECT", help="serve an Agent (or a function returning one) from your code")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="logging level (default info)")
     parser.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
+    parser.add_argument("--access-log-format", choices=("text", "json"),
+                        help="access log lines as text (default) or as JSON objects, one a line")
     parser.add_argument("--shutdown-timeout", type=float, metavar="SECONDS",
                         help="on SIGINT/SIGTERM, how long requests in flight may take to finish (default 10)")
     sub = parser.add_subparsers(dest="command")
@@ -65,7 +67,7 @@ def main(argv: Optional[list] = None) -> int:
             print(f"wrote {path}")
             return 0
         config = _config_from(args)
-        _setup_logging(config.server.log_level)
+        _setup_logging(config.server.log_level, config.server.access_log_format)
         endpoints = endpoints_from_toml(args.custom_endpoints) if args.custom_endpoints else []
         backend = None if args.no_model else _backend_from(args, config)
         strict = bool(getattr(config.local if config.backend_kind == "local" else config.llm, "strict_model_names", False))
@@ -115,6 +117,8 @@ def _config_from(args: argparse.Namespace) -> Config:
         server.log_level = args.log_level
     if args.no_access_log:
         server.access_log = False
+    if args.access_log_format:
+        server.access_log_format = args.access_log_format
     if args.shutdown_timeout is not None:
         if not args.shutdown_timeout >= 0:
             raise ConfigError("--shutdown-timeout must be a number of seconds, 0 or more")
@@ -172,9 +176,7 @@ def load_object(spec: str):
     return obj
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(level: str, access_format: str = "text") -> None:
+    from .logs import setup_logging
+
+    setup_logging(level, access_format)

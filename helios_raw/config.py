@@ -17,6 +17,7 @@ else:  # pragma: no cover
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+ACCESS_LOG_FORMATS = ("text", "json")
 
 
 class ConfigError(Exception):
@@ -34,6 +35,8 @@ class ServerConfig:
     #: Seconds a graceful shutdown waits for requests in flight.
     shutdown_timeout: float = 10.0
     access_log: bool = True
+    #: The access log's lines: "text", or "json" (one object a line).
+    access_log_format: str = "text"
     log_level: str = "info"
     limits: Limits = field(default_factory=Limits)
 
@@ -145,6 +148,9 @@ def config_from_dict(data: dict, where: str = "the configuration") -> Config:
         raise ConfigError(f"[server] host in {where} must not be empty.")
     if server.shutdown_timeout < 0:
         raise ConfigError(f"[server] shutdown_timeout in {where} must be 0 or more seconds.")
+    if server.access_log_format not in ACCESS_LOG_FORMATS:
+        raise ConfigError(f"[server] access_log_format in {where} must be one of "
+                          f"{', '.join(ACCESS_LOG_FORMATS)}, not {server.access_log_format!r}.")
     if server.log_level not in LOG_LEVELS:
         raise ConfigError(f"[server] log_level in {where} must be one of {', '.join(LOG_LEVELS)}, "
                           f"not {server.log_level!r}.")

@@ -77,8 +77,9 @@ port = {server_port}
 cors_origins = {server_cors_origins}
 # Seconds a graceful shutdown waits for the requests in flight.
 shutdown_timeout = {server_shutdown_timeout}
-# One log line per request.
+# One log line per request, as "text" or "json" (one object a line).
 access_log = {server_access_log}
+access_log_format = {server_access_log_format}
 # debug, info, warning or error.
 log_level = {server_log_level}
 

@@ -188,14 +188,21 @@ def test_one_access_log_line_per_request(server, caplog):
     caplog.set_level(logging.INFO, logger="helios_raw.access")
     with Client(server.port) as client:
         client.request("GET", "/static?x=1")
-        body = client.read_response().body
+        first = client.read_response()
         client.request("GET", "/missing")
-        client.read_response()
+        second = client.read_response()
         local = "%s:%d" % client.sock.getsockname()
+
+    def lines():  # this client's: another test's last line may be logged as this one starts
+        return [r.getMessage() for r in caplog.records if r.name == "helios_raw.access"
+                and r.getMessage().startswith(local + " ")]
+
     deadline = time.monotonic() + 10  # the server logs just after writing: wait for its thread
-    while len(lines := [r.getMessage() for r in caplog.records if r.name == "helios_raw.access"]) < 2:
+    while len(lines()) < 2:
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    assert len(lines) == 2
-    assert re.fullmatch(re.escape(f'{local} - "GET /static?x=1 HTTP/1.1" 200 {len(body)} ') + r"\d+\.\dms", lines[0])
-    assert lines[1].startswith(f'{local} - "GET /missing HTTP/1.1" 404 ')
+    assert len(lines()) == 2
+    first_id, second_id = first.header("x-request-id"), second.header("x-request-id")
+    assert re.fullmatch(re.escape(f'{local} - "GET /static?x=1 HTTP/1.1" 200 {len(first.body)} ')
+                        + r"\d+\.\dms " + first_id, lines()[0])
+    assert lines()[1].startswith(f'{local} - "GET /missing HTTP/1.1" 404 ') and lines()[1].endswith(" " + second_id)

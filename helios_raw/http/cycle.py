@@ -17,6 +17,7 @@ import h11
 
 from ..cancel import ClientGone
 from ..errors import APIError, server_error, shutting_down
+from ..logs import current_request_id
 from .heads import REASONS, SERVER_HEADER, date
 from .request import Request
 from .response import Response, StreamingResponse, error_response
@@ -58,12 +59,21 @@ class Cycle:
     # -- running the handler -----------------------------------------------------------------
 
     def dispatch(self) -> None:
-        """The request is complete: hand it to the application."""
-        connection = self.connection
+        """The request is complete: hand it to the application, with ``current_request_id`` set
+        for what the handler logs (its task, and the threads that task starts, copy it)."""
         request = self.request
         if self.body:
             request.body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
             self.body = []
+        token = current_request_id.set(request.id)
+        try:
+            self._dispatch()
+        finally:
+            current_request_id.reset(token)
+
+    def _dispatch(self) -> None:
+        connection = self.connection
+        request = self.request
         try:
             result = connection.app.handle(request)
         except APIError as exc:
