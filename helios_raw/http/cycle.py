@@ -65,30 +65,26 @@ class Cycle:
         if self.body:
             request.body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
             self.body = []
+        connection = self.connection
         token = current_request_id.set(request.id)
         try:
-            self._dispatch()
+            try:
+                result = connection.app.handle(request)
+            except APIError as exc:
+                self.respond(error_response(exc))
+                return
+            except Exception as exc:  # a handler's bug: log it, tell the client nothing of it
+                connection.app.log_error(f"handler for {request.method} {request.path} failed", exc)
+                self.respond(error_response(server_error()))
+                return
+            if isinstance(result, Response):
+                self.respond(result)
+                return
+            if isinstance(result, StreamingResponse):
+                result = _ready(result)
+            self.task = connection.loop.create_task(self._run(result))
         finally:
             current_request_id.reset(token)
-
-    def _dispatch(self) -> None:
-        connection = self.connection
-        request = self.request
-        try:
-            result = connection.app.handle(request)
-        except APIError as exc:
-            self.respond(error_response(exc))
-            return
-        except Exception as exc:  # a handler's bug: log it, tell the client nothing of it
-            connection.app.log_error(f"handler for {request.method} {request.path} failed", exc)
-            self.respond(error_response(server_error()))
-            return
-        if isinstance(result, Response):
-            self.respond(result)
-            return
-        if isinstance(result, StreamingResponse):
-            result = _ready(result)
-        self.task = connection.loop.create_task(self._run(result))
 
     async def _run(self, awaitable) -> None:
         connection = self.connection

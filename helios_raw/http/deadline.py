@@ -25,7 +25,10 @@ class Deadline:
 
     def set(self, seconds: float, action: Callable[[], None]) -> None:
         """Call ``action`` in ``seconds``, instead of what was due before."""
-        when = self.loop.time() + seconds
+        self.set_at(self.loop.time() + seconds, action)
+
+    def set_at(self, when: float, action: Callable[[], None]) -> None:
+        """Call ``action`` once the loop's clock reads ``when``, instead of what was due before."""
         self.when = when
         self.action = action
         timer = self._timer

@@ -111,10 +111,11 @@ class HeadScanner:
         self._tail = b""
         self.done = False
 
-    def start(self) -> None:
-        """A new head begins."""
+    def start(self, data: bytes) -> Optional[str]:
+        """A new head begins with ``data``: what is wrong with it, or None."""
         self._tail = b""
         self.done = False
+        return self.feed(data)
 
     def feed(self, data: bytes) -> Optional[str]:
         """What is wrong with the head so far, or None."""
@@ -122,10 +123,10 @@ class HeadScanner:
             return None
         window = self._tail + data if self._tail else data
         end = window.find(b"\r\n\r\n")
-        head = window if end < 0 else window[:end + 4]
-        if head.count(b"\n") != head.count(b"\r\n"):
+        stop = len(window) if end < 0 else end + 4
+        if window.count(b"\n", 0, stop) != window.count(b"\r\n", 0, stop):
             return "a line ends in a bare LF instead of CRLF"
-        if b"\n " in head or b"\n\t" in head:
+        if window.find(b"\n ", 0, stop) >= 0 or window.find(b"\n\t", 0, stop) >= 0:
             return "a header line is folded onto the one before (obs-fold)"
         if end >= 0:
             self.done = True

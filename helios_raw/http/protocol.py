@@ -75,11 +75,7 @@ _h11_Data = h11.Data
 _h11_EndOfMessage = h11.EndOfMessage
 _h11_NEED_DATA = h11.NEED_DATA
 _h11_PAUSED = h11.PAUSED
-#: h11's states in which a connection can still serve another request: ours while a response is
-#: being written or after it ended, the client's once its request is complete (an Upgrade we
-#: decline included).
-_REUSABLE_OURS = (h11.SEND_RESPONSE, h11.DONE)
-_REUSABLE_THEIRS = (h11.DONE, h11.MIGHT_SWITCH_PROTOCOL)
+_h11_DONE = h11.DONE
 
 
 class Phase(enum.Enum):
@@ -181,23 +177,24 @@ class HTTPProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         phase = self.phase
-        if phase is IDLE:
-            self.phase = phase = HEAD
-            self.scanner.start()
-            self.deadline.set(self.limits.head_timeout, self._on_head_timeout)
+        if phase is IDLE:  # a head's first bytes; its deadline is set if they do not complete it
+            self.phase = HEAD
             self._receiving_since = self.loop.time()
             self._received = 0
+            fault = self.scanner.start(data)
+        elif phase is HEAD:
+            fault = self.scanner.feed(data)
         elif phase is LINGERING or phase is CLOSED:
             return
         elif phase is RESPONDING and not self.cycle.keep_alive:
             # The client said this was its last request: anything after it is ignored, and the
             # answer owed is still sent.
             return
-        if phase is HEAD:
-            fault = self.scanner.feed(data)
-            if fault is not None:
-                self.send_raw_error(None, framing.malformed(fault))
-                return
+        else:
+            fault = None
+        if fault is not None:
+            self.send_raw_error(None, framing.malformed(fault))
+            return
         self._received += len(data)
         self.conn.receive_data(data)
         self._handle_events()
@@ -224,8 +221,10 @@ class HTTPProtocol(asyncio.Protocol):
                                     framing.protocol_error(exc, conn.trailing_data[0], self.limits))
                 return
             if event is _h11_NEED_DATA:
-                if phase is HEAD and framing.request_line_overlong(conn.trailing_data[0], self.limits):
-                    self.send_raw_error(None, framing.request_line_too_long(self.limits))
+                if phase is HEAD:  # an incomplete head: due head_timeout after its first byte
+                    self.deadline.set_at(self._receiving_since + self.limits.head_timeout, self._on_head_timeout)
+                    if framing.request_line_overlong(conn.trailing_data[0], self.limits):
+                        self.send_raw_error(None, framing.request_line_too_long(self.limits))
                 return
             if event is _h11_PAUSED:
                 # A pipelined request waits behind the one in flight; stop reading if it piles up.
@@ -296,19 +295,19 @@ class HTTPProtocol(asyncio.Protocol):
 
     # -- between requests ----------------------------------------------------------------------
 
-    def keeps_alive(self, cycle: Cycle) -> bool:
+    def keeps_alive(self, cycle: Cycle, ended: bool = False) -> bool:
         """Whether the connection serves another request after ``cycle``: the one place this is
         decided. Asked when the response head is written (a no is sent as ``connection: close``)
-        and again when the response has ended, as a shutdown may have begun meanwhile, or the
+        and again once the response has ``ended``, as a shutdown may have begun meanwhile, or the
         response been cut short (h11 then no longer agrees)."""
-        conn = self.conn
-        return (cycle.keep_alive and not self.draining and not self.registry.shutting_down
-                and self.requests_served + 1 < self.limits.max_requests_per_connection
-                and conn.our_state in _REUSABLE_OURS and conn.their_state in _REUSABLE_THEIRS)
+        if not (cycle.keep_alive and not self.draining and not self.registry.shutting_down
+                and self.requests_served + 1 < self.limits.max_requests_per_connection):
+            return False
+        return not ended or (self.conn.our_state is _h11_DONE and self.conn.their_state is _h11_DONE)
 
     def cycle_ended(self, cycle: Cycle) -> None:
         """``cycle`` has ended (see :meth:`Cycle.finish`): serve the next request or close."""
-        keep_alive = self.keeps_alive(cycle)
+        keep_alive = self.keeps_alive(cycle, ended=True)
         self.cycle = None
         self.requests_served += 1
         if self.phase is CLOSED:
@@ -326,12 +325,10 @@ class HTTPProtocol(asyncio.Protocol):
             self.phase = HEAD
             self._receiving_since = self.loop.time()
             self._received = len(pending)
-            self.scanner.start()
-            fault = self.scanner.feed(pending)
+            fault = self.scanner.start(pending)
             if fault is not None:
                 self.send_raw_error(None, framing.malformed(fault))
                 return
-            self.deadline.set(self.limits.head_timeout, self._on_head_timeout)
         else:
             self.phase = IDLE
             self.deadline.set(self.limits.keepalive_timeout, self._on_idle_timeout)

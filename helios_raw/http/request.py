@@ -46,7 +46,7 @@ class Request:
         self.id = request_id or new_request_id()
         raw_path, _, raw_query = (target if target[:1] == b"/" else origin_form(target)).partition(b"?")
         path = raw_path.decode("latin-1")
-        self.path = unquote(path)
+        self.path = unquote(path) if "%" in path else path
         self.segments = split_path(path)
         self.query_string = raw_query.decode("latin-1")
         self.headers = headers
@@ -114,13 +114,13 @@ def origin_form(target: bytes) -> bytes:
 
 
 _ID_PREFIX = ""
-_ids = itertools.count(1)
+_ids = itertools.count()
 
 
 def _new_id_prefix() -> None:
     global _ID_PREFIX, _ids
     _ID_PREFIX = "req_" + os.urandom(10).hex()
-    _ids = itertools.count(1)
+    _ids = itertools.count(1 << 44)  # hex() of which is 12 digits for the next 2**47 requests
 
 
 _new_id_prefix()
@@ -131,4 +131,4 @@ if hasattr(os, "register_at_fork"):  # a forked worker process mints its own ids
 def new_request_id() -> str:
     """``req_`` and 32 hex digits: a random prefix per process, then a count (cheaper than 16
     random bytes a request, and as unique)."""
-    return f"{_ID_PREFIX}{next(_ids):012x}"
+    return _ID_PREFIX + hex(next(_ids))[2:]
