@@ -102,7 +102,8 @@ class Cycle:
                 raise TypeError(f"the handler returned {type(response).__name__}, not a response")
         except asyncio.CancelledError:
             self._on_cancelled()
-        except ClientGone:
+        except ClientGone:  # the producer found the client gone, perhaps before the protocol did
+            request.cancelled.set("client disconnected")
             self.finish(keep_alive=False)
         except Exception as exc:
             connection.app.log_error(f"handler for {request.method} {request.path} failed", exc)

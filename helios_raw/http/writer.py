@@ -78,7 +78,11 @@ class StreamWriter(ResponseWriter):
 
     @property
     def closed(self) -> bool:  # type: ignore[override]
-        return self.connection.closed or self.connection.cycle is not self.cycle
+        """The response is over, or the client gone: a failed write closes the transport at once
+        but tells the protocol only on a later turn of the loop, which a producer that never
+        has to wait would not give it."""
+        connection = self.connection
+        return connection.closed or connection.cycle is not self.cycle or connection.transport.is_closing()
 
     def write(self, data: bytes) -> None:
         """Write one piece of the body now (event-loop thread); never blocks, never drops."""
