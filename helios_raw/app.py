@@ -10,12 +10,16 @@ from __future__ import annotations
 import hmac
 import inspect
 import logging
+import time
 from typing import Awaitable, Callable, Iterable, Optional
 
+import orjson
+
 from .errors import APIError
-from .http.request import Request
+from .http.request import Request, new_request_id
 from .http.response import Response
 from .http.router import Route, Router
+from .logs import ACCESS_FORMATS, UTCTime
 
 #: Turns an error into the response a client of some API expects (``error_response`` by default).
 ErrorRenderer = Callable[[APIError], Response]
@@ -25,18 +29,22 @@ error_log = logging.getLogger("helios_raw.error")
 
 _ALLOWED_HEADERS = (b"authorization, x-api-key, content-type, accept, anthropic-version, anthropic-beta, "
                     b"openai-organization, openai-project, x-stainless-*")
-_ALLOW_ANY = [(b"access-control-allow-origin", b"*")]
+_ALLOW_ANY = (b"access-control-allow-origin", b"*")
 _PUBLIC_PATHS = frozenset({"/health"})
-_ACCESS_FORMAT = '%s - "%s %s HTTP/%s" %d %d %.1fms'
+_ACCESS_FORMAT = '%s - "%s %s HTTP/%s" %d %d %.1fms %s'
+_access_time = UTCTime()
 
 
 class App:
     """Dispatches requests to routes. ``cors_origins`` is ``["*"]`` (any) or a list of origins;
     ``api_key`` (if set) is required as ``Authorization: Bearer <key>`` on every route but
-    ``/health``."""
+    ``/health``. The access log is one line a request, ``text`` or ``json`` (see
+    :meth:`log_access`)."""
 
     def __init__(self, api_key: Optional[str] = None, cors_origins: Iterable[str] = ("*",),
-                 access_log_enabled: bool = True) -> None:
+                 access_log_enabled: bool = True, access_log_format: str = "text") -> None:
+        if access_log_format not in ACCESS_FORMATS:
+            raise ValueError(f"access_log_format must be one of {', '.join(ACCESS_FORMATS)}, not {access_log_format!r}")
         self.router = Router()
         self.api_key = api_key.encode() if api_key else None
         origins = list(cors_origins)
@@ -45,13 +53,14 @@ class App:
         self.access_log_enabled = access_log_enabled
         #: Called as ``on_access(request, status, seconds)`` for every answered request (metrics).
         self.on_access: Optional[Callable[[Request, int, float], None]] = None
+        self.access_json = access_log_format == "json"
         self._renderers: list[tuple[str, ErrorRenderer]] = []
 
     # -- routes ------------------------------------------------------------------------------
 
-    def add_route(self, method: str, path: str, handler, *, inline: bool = False, description: str = "") -> None:
+    def add_route(self, method: str, path: str, handler, *, description: str = "") -> None:
         """Add a route; see :class:`~helios_raw.http.router.Route` for the handler contract."""
-        self.router.add(Route(method.upper(), path, handler, inline, description))
+        self.router.add(Route(method.upper(), path, handler, description))
 
     @property
     def routes(self) -> list[Route]:
@@ -80,8 +89,8 @@ class App:
     def _route(self, request: Request):
         if self.api_key is not None and request.path not in _PUBLIC_PATHS:
             self._check_key(request)
-        route, params = self.router.match(request.method, request.path)
-        request.params = params
+        route, params = self.router.match(request.method, request.segments, request.path)
+        request.params, request.route = params, route.template
         return route.handler(request)
 
     def _renderer_for(self, path: str) -> Optional[ErrorRenderer]:
@@ -91,25 +100,48 @@ class App:
         return None
 
     def response_headers(self, request: Optional[Request]) -> list:
-        """CORS headers for every response, errors and streams included."""
+        """The headers of every response, errors and streams included: CORS; ``x-request-id``,
+        the request's id (a fresh one when no request could be parsed); and, as OpenAI sends it,
+        ``openai-processing-ms``, the milliseconds from the request's head to this response's."""
+        if request is None:
+            headers = [(b"x-request-id", new_request_id().encode())]
+        else:
+            headers = [(b"x-request-id", request.id.encode()),
+                       (b"openai-processing-ms", b"%d" % ((time.perf_counter() - request.started) * 1000.0))]
         if self.cors_any:
-            return _ALLOW_ANY
+            headers.insert(0, _ALLOW_ANY)
+            return headers
         origin = _origin(request)
         if origin is not None and origin in self.cors_origins:
-            return [(b"access-control-allow-origin", origin), (b"vary", b"Origin")]
-        return [(b"vary", b"Origin")]
+            return [(b"access-control-allow-origin", origin), (b"vary", b"Origin")] + headers
+        return [(b"vary", b"Origin")] + headers
 
     def log_access(self, request: Request, status: int, sent: int, seconds: float) -> None:
+        """One line: ``client - "METHOD target HTTP/v" status bytes 1.2ms request-id``, or as JSON an object
+        with ``time``, ``client``, ``request_id``, ``method``, ``target``, ``http_version``,
+        ``status``, ``bytes`` and ``ms``."""
         if self.on_access is not None:
             self.on_access(request, status, seconds)
-        if self.access_log_enabled and access_log.isEnabledFor(logging.INFO):
-            client = request.client
-            args = (f"{client[0]}:{client[1]}" if client else "-", request.method,
-                    request.target.decode("latin-1"), request.http_version, status, sent, seconds * 1000.0)
-            # makeRecord + handle: logging's own path minus the stack walk that finds the caller,
-            # which for an access line is always this method.
-            access_log.handle(access_log.makeRecord(
-                access_log.name, logging.INFO, __file__, 0, _ACCESS_FORMAT, args, None, "log_access"))
+        if not (self.access_log_enabled and access_log.isEnabledFor(logging.INFO)):
+            return
+        client = request.client
+        address = f"{client[0]}:{client[1]}" if client else "-"
+        if self.access_json:
+            message, args = orjson.dumps({
+                "time": _access_time.format(time.time()), "client": address, "request_id": request.id,
+                "method": request.method, "target": request.target.decode("latin-1"),
+                "http_version": request.http_version, "status": status, "bytes": sent,
+                "ms": round(seconds * 1000.0, 1),
+            }).decode(), None
+        else:
+            message, args = _ACCESS_FORMAT, (address, request.method, request.target.decode("latin-1"),
+                                             request.http_version, status, sent, seconds * 1000.0, request.id)
+        # makeRecord + handle: logging's own path minus the stack walk that finds the caller,
+        # which for an access line is always this method.
+        record = access_log.makeRecord(access_log.name, logging.INFO, __file__, 0, message, args, None, "log_access")
+        record.request_id = request.id
+        record.request_tag = ""  # the line names its request itself
+        access_log.handle(record)
 
     def log_error(self, message: str, exc: Optional[BaseException]) -> None:
         if exc is None:

@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, metavar="N",
                         help="processes sharing the port (remote and agent backends, custom endpoints; default 1)")
     parser.add_argument("--no-metrics", action="store_true", help="do not serve GET /metrics")
+    parser.add_argument("--access-log-format", choices=("text", "json"),
+                        help="access log lines as text (default) or as JSON objects, one a line")
     parser.add_argument("--shutdown-timeout", type=float, metavar="SECONDS",
                         help="on SIGINT/SIGTERM, how long requests in flight may take to finish (default 10)")
     sub = parser.add_subparsers(dest="command")
@@ -77,7 +79,7 @@ def main(argv: Optional[list] = None) -> int:
             print(f"wrote {path}")
             return 0
         config = _config_from(args)
-        _setup_logging(config.server.log_level)
+        _setup_logging(config.server.log_level, config.server.access_log_format)
         endpoints = endpoints_from_toml(args.custom_endpoints) if args.custom_endpoints else []
         agent = _agent_from(args.agent) if args.agent else None
         _choose_backend(args, config)
@@ -134,6 +136,8 @@ def _config_from(args: argparse.Namespace) -> Config:
         if not 1 <= args.workers <= MAX_WORKERS:
             raise ConfigError(f"--workers must be between 1 and {MAX_WORKERS}")
         server.workers = args.workers
+    if args.access_log_format:
+        server.access_log_format = args.access_log_format
     if args.shutdown_timeout is not None:
         if not args.shutdown_timeout >= 0:
             raise ConfigError("--shutdown-timeout must be a number of seconds, 0 or more")
@@ -219,9 +223,7 @@ def load_object(spec: str):
     return obj
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(level: str, access_format: str = "text") -> None:
+    from .logs import setup_logging
+
+    setup_logging(level, access_format)

@@ -18,6 +18,7 @@ else:  # pragma: no cover
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MAX_WORKERS = 64
+ACCESS_LOG_FORMATS = ("text", "json")
 
 
 class ConfigError(Exception):
@@ -35,6 +36,8 @@ class ServerConfig:
     #: Seconds a graceful shutdown waits for requests in flight.
     shutdown_timeout: float = 10.0
     access_log: bool = True
+    #: The access log's lines: "text", or "json" (one object a line).
+    access_log_format: str = "text"
     log_level: str = "info"
     limits: Limits = field(default_factory=Limits)
     #: Responses kept in memory for ``GET /v1/responses/{id}`` and ``previous_response_id``
@@ -221,6 +224,9 @@ def config_from_dict(data: dict, where: str = "the configuration") -> Config:
         raise ConfigError(f"[server] workers in {where} must be between 1 and {MAX_WORKERS}.")
     if server.max_loaded_models < 1 or server.load_wait_timeout <= 0:
         raise ConfigError(f"[server] in {where}: max_loaded_models must be at least 1 and load_wait_timeout positive.")
+    if server.access_log_format not in ACCESS_LOG_FORMATS:
+        raise ConfigError(f"[server] access_log_format in {where} must be one of "
+                          f"{', '.join(ACCESS_LOG_FORMATS)}, not {server.access_log_format!r}.")
     if server.log_level not in LOG_LEVELS:
         raise ConfigError(f"[server] log_level in {where} must be one of {', '.join(LOG_LEVELS)}, "
                           f"not {server.log_level!r}.")

@@ -134,7 +134,7 @@ class CustomEndpoint:
         """Add this endpoint's route to ``app``."""
         if self._static is not None:
             static = self._static
-            app.add_route(self.method, self.path, lambda request: static, inline=True,
+            app.add_route(self.method, self.path, lambda request: static,
                           description=self.description)
         else:
             app.add_route(self.method, self.path, self._call, description=self.description)

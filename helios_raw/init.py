@@ -78,8 +78,9 @@ port = {server_port}
 cors_origins = {server_cors_origins}
 # Seconds a graceful shutdown waits for the requests in flight.
 shutdown_timeout = {server_shutdown_timeout}
-# One log line per request.
+# One log line per request, as "text" or "json" (one object a line).
 access_log = {server_access_log}
+access_log_format = {server_access_log_format}
 # debug, info, warning or error.
 log_level = {server_log_level}
 # Responses kept in memory for GET /v1/responses/{{id}} and previous_response_id (the oldest
@@ -103,13 +104,15 @@ max_header_count = {limits_max_header_count}
 # Bytes of the path plus query (more is 414) and of a request body (more is 413).
 max_target_bytes = {limits_max_target_bytes}
 max_body_bytes = {limits_max_body_bytes}
-# Seconds for a request head to arrive in full, and that a request body may stall.
+# Seconds for a request head to arrive in full, that a request body may stall, and for a whole
+# body to arrive.
 head_timeout = {limits_head_timeout}
 body_idle_timeout = {limits_body_idle_timeout}
+body_timeout = {limits_body_timeout}
 # Seconds an idle keep-alive connection stays open, and requests served on one connection.
 keepalive_timeout = {limits_keepalive_timeout}
 max_requests_per_connection = {limits_max_requests_per_connection}
-# Connections open at once.
+# Connections open at once; at the cap a new one displaces an idle one, else the slowest to send.
 max_connections = {limits_max_connections}
 # Bytes buffered for a slow reader before writing pauses, and at which it resumes.
 write_buffer_high = {limits_write_buffer_high}

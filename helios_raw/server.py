@@ -91,8 +91,9 @@ class Server:
 
     def _build_app(self) -> App:
         server = self.config.server
-        app = App(api_key=server.api_key, cors_origins=server.cors_origins, access_log_enabled=server.access_log)
-        app.add_route("GET", "/health", health_route(self.backend), inline=True, description="health check")
+        app = App(api_key=server.api_key, cors_origins=server.cors_origins, access_log_enabled=server.access_log,
+                  access_log_format=server.access_log_format)
+        app.add_route("GET", "/health", health_route(self.backend), description="health check")
         if self.backend is not None:
             OpenAIRoutes(self.backend, self.strict_models).install(app)
             store = ResponseStore(server.responses_store_size, server.responses_store_ttl)

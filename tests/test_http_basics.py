@@ -142,6 +142,40 @@ def test_every_response_has_date_and_server_headers(server):
             assert re.fullmatch(r"\w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT", answer.header("date"))
 
 
+MINTED = re.compile(r"req_[0-9a-f]{32}")
+
+
+def test_every_response_has_a_request_id_of_its_own_and_its_processing_time(server):
+    with Client(server.port) as client:
+        ids = []
+        for target in ("/health", "/static", "/missing", "/static"):
+            client.request("GET", target)
+            answer = client.read_response()
+            ids.append(answer.header("x-request-id"))
+            assert MINTED.fullmatch(ids[-1]) and answer.header("openai-processing-ms").isdigit()
+        assert len(set(ids)) == len(ids)
+
+
+@pytest.mark.parametrize("given, echoed", [
+    ("abc-123", True), ("req_" + "f" * 32, True), ("x" * 128, True), ("!~/.:_", True),
+    ("x" * 129, False), ("two words", False), ("caf\xe9", False),
+])
+def test_a_sane_request_id_from_the_client_is_echoed_and_any_other_replaced(server, given, echoed):
+    with Client(server.port) as client:
+        client.request("GET", "/static", [("X-Request-Id", given)])
+        answer = client.read_response()
+        assert answer.status == 200
+        assert answer.header("x-request-id") == given if echoed else MINTED.fullmatch(answer.header("x-request-id"))
+
+
+def test_a_request_refused_before_it_was_parsed_still_has_a_request_id(server):
+    with Client(server.port) as client:
+        client.send(b"\x00garbage\r\n\r\n")
+        answer = client.read_response()
+        assert answer.status == 400 and MINTED.fullmatch(answer.header("x-request-id"))
+        assert answer.header("openai-processing-ms") is None
+
+
 def test_query_and_trailing_slash_reach_the_route(server):
     with Client(server.port) as client:
         client.request("GET", "/seq/?i=7&unused=")
@@ -154,14 +188,21 @@ def test_one_access_log_line_per_request(server, caplog):
     caplog.set_level(logging.INFO, logger="helios_raw.access")
     with Client(server.port) as client:
         client.request("GET", "/static?x=1")
-        body = client.read_response().body
+        first = client.read_response()
         client.request("GET", "/missing")
-        client.read_response()
+        second = client.read_response()
         local = "%s:%d" % client.sock.getsockname()
+
+    def lines():  # this client's: another test's last line may be logged as this one starts
+        return [r.getMessage() for r in caplog.records if r.name == "helios_raw.access"
+                and r.getMessage().startswith(local + " ")]
+
     deadline = time.monotonic() + 10  # the server logs just after writing: wait for its thread
-    while len(lines := [r.getMessage() for r in caplog.records if r.name == "helios_raw.access"]) < 2:
+    while len(lines()) < 2:
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    assert len(lines) == 2
-    assert re.fullmatch(re.escape(f'{local} - "GET /static?x=1 HTTP/1.1" 200 {len(body)} ') + r"\d+\.\dms", lines[0])
-    assert lines[1].startswith(f'{local} - "GET /missing HTTP/1.1" 404 ')
+    assert len(lines()) == 2
+    first_id, second_id = first.header("x-request-id"), second.header("x-request-id")
+    assert re.fullmatch(re.escape(f'{local} - "GET /static?x=1 HTTP/1.1" 200 {len(first.body)} ')
+                        + r"\d+\.\dms " + first_id, lines()[0])
+    assert lines()[1].startswith(f'{local} - "GET /missing HTTP/1.1" 404 ') and lines()[1].endswith(" " + second_id)

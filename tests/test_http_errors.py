@@ -183,6 +183,14 @@ def test_414_for_a_long_target(server, bystander):
     assert answer.error()["code"] == "uri_too_long"
 
 
+def test_error_answering_a_head_request_has_no_body(server, bystander):
+    with Client(server.port) as client:
+        client.send(b"HEAD /static HTTP/1.1\r\nHost: x\r\n" + b"X: y\r\n" * 300 + b"\r\n")
+        answer = client.read_response("HEAD")
+        assert answer.status == 431 and int(answer.header("content-length")) > 0
+        assert client.read_until_close() == b""  # the length a GET would get, and no body
+
+
 def test_content_length_and_transfer_encoding_is_400_and_the_request_behind_is_never_answered(server, bystander):
     smuggled = (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n"
                 b"0\r\n\r\nGET /static HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -255,8 +263,18 @@ def test_hostile_bytes_get_an_error_object_and_a_close(server, bystander, raw, s
 
 
 @pytest.mark.parametrize("raw", [
-    b"GET /static HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b\r\n\r\n",  # obs-fold: unfolded
+    b"GET /static HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b\r\n\r\n",  # obs-fold
     b"GET /static HTTP/1.1\nHost: x\n\n",                              # bare LF line endings
+    b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length:\r\n 2\r\n\r\nhi",
+    b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2 \r\nhi\r\n0\r\n\r\n",
+], ids=["obs-fold", "bare-lf", "folded-content-length", "chunk-size-space"])
+def test_framing_a_proxy_might_read_differently_is_400_and_close(server, bystander, raw):
+    answer, closed = exchange(server.port, raw)
+    assert answer.status == 400 and closed
+    assert answer.error()["message"].startswith("Malformed HTTP request: ")
+
+
+@pytest.mark.parametrize("raw", [
     b"GET /static HTTP/1.1\r\nHost: x\r\nX-Spaces:    v   \r\n\r\n",
     b"GET http://x/static HTTP/1.1\r\nHost: x\r\n\r\n".replace(b"http://x", b""),
 ])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
 import time
@@ -10,6 +11,7 @@ import time
 import pytest
 
 from helios_raw import EndpointBuilder, Server, ServerBuilder, get
+from helios_raw.cancel import ClientGone
 from helios_raw.http.sse import sse_response
 from tests.support.rawhttp import Client, ConnectionClosed, build_server, running
 
@@ -216,6 +218,35 @@ def test_client_reset_mid_stream_does_not_disturb_others():
             other.request("GET", "/health")
             assert other.read_response().status == 200
         _wait_until(lambda: not thread.connections())
+
+
+def test_a_stream_stops_writing_once_its_client_resets(caplog):
+    caplog.set_level(logging.WARNING, logger="asyncio")
+    outcomes = []
+
+    async def stream(request):
+        async def produce(events):
+            try:
+                for n in range(10_000):
+                    events.send({"n": n, "pad": "x" * 500})
+                    await events.drain()  # returns at once while the transport takes more
+                outcomes.append("all written")
+            except ClientGone:
+                outcomes.append("client gone")
+                raise
+
+        return sse_response(produce)
+
+    endpoint = EndpointBuilder.get("/events").handle(stream).build()
+    with running(build_server([endpoint])) as thread:
+        sock = socket.create_connection(("127.0.0.1", thread.port))
+        sock.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.recv(1000)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()  # RST
+        _wait_until(lambda: outcomes)
+    assert outcomes == ["client gone"]
+    assert not [r for r in caplog.records if "socket.send() raised exception" in r.getMessage()]
 
 
 def test_slow_sync_handler_does_not_stall_other_connections():

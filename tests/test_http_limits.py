@@ -1,6 +1,6 @@
-"""Limits and timeouts over real sockets, with small configured values: the slowloris head
-deadline, the body idle timeout, keep-alive idle, requests per connection, maximum connections,
-and the bounds on unsent output when a client reads slowly or not at all."""
+"""Limits over real sockets, with small configured values: keep-alive idle, requests per
+connection, maximum connections, and the bounds on unsent output when a client reads slowly or not
+at all. The other timers are tested exactly, on a virtual clock, in test_http_timeouts.py."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 
 from helios_raw import EndpointBuilder, Limits, StreamingResponse, get
 from helios_raw.cancel import ClientGone
+from tests.conftest import error_of
 from tests.support.rawhttp import Client, ConnectionClosed, build_server, running
 
 PIECE = 64 * 1024
@@ -26,61 +27,8 @@ def _pieces(count: int):
     return [(b"%08d" % i) * (PIECE // 8) for i in range(count)]
 
 
-def _trickle(client: Client, stop: threading.Event, interval: float, first: bytes, then: bytes) -> None:
-    try:
-        client.send(first)
-        while not stop.wait(interval):
-            client.send(then)
-    except OSError:
-        pass
-
-
-def test_slowloris_head_deadline_is_not_reset_by_trickled_bytes():
-    limits = Limits(head_timeout=0.5, keepalive_timeout=30)
-    with running(build_server(limits=limits)) as server, Client(server.port) as client:
-        stop = threading.Event()
-        trickler = threading.Thread(target=_trickle, daemon=True, args=(
-            client, stop, 0.05, b"GET /health HTTP/1.1\r\nHost: x\r\n", b"X-Slow: 1\r\n"))
-        trickler.start()
-        try:
-            answer = client.read_response()  # arrives although bytes keep coming
-        finally:
-            stop.set()
-            trickler.join()
-        assert answer.status == 408 and answer.error()["code"] == "request_timeout"
-        assert answer.header("connection") == "close"
-
-
 def test_idle_connection_that_never_sends_is_closed_after_keepalive_timeout():
     with running(build_server(limits=Limits(keepalive_timeout=0.3))) as server, Client(server.port) as client:
-        assert client.closed_by_server()
-
-
-def test_body_idle_timeout():
-    limits = Limits(body_idle_timeout=0.3)
-    endpoint = EndpointBuilder.post("/echo").handle(lambda request: {"n": len(request.raw_body)}).build()
-    with running(build_server([endpoint], limits=limits)) as server, Client(server.port) as client:
-        client.request("POST", "/echo", [("Content-Length", "10")])
-        client.send(b"abc")
-        answer = client.read_response()
-        assert answer.status == 408 and "body" in answer.error()["message"]
-
-
-def test_body_idle_timer_restarts_with_each_piece_of_body():
-    limits = Limits(body_idle_timeout=1.0)
-    endpoint = EndpointBuilder.post("/echo").handle(lambda request: {"n": len(request.raw_body)}).build()
-    with running(build_server([endpoint], limits=limits)) as server, Client(server.port) as client:
-        client.request("POST", "/echo", [("Content-Length", "15")])
-        for _ in range(15):  # 15 x 0.1 s: longer than the timeout in total, never idle for it
-            time.sleep(0.1)
-            client.send(b"x")
-        assert client.read_response().json() == {"n": 15}
-
-
-def test_keepalive_idle_timeout_closes_a_quiet_connection():
-    with running(build_server(limits=Limits(keepalive_timeout=0.3))) as server, Client(server.port) as client:
-        client.request("GET", "/health")
-        assert client.read_response().status == 200
         assert client.closed_by_server()
 
 
@@ -118,6 +66,48 @@ def test_connections_that_send_nothing_do_not_starve_real_requests():
             sock.close()
 
 
+SLOW_HEAD = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: "
+SLOW_BODY = b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nx"
+
+
+@pytest.mark.parametrize("start", [SLOW_HEAD, SLOW_BODY], ids=["head", "body"])
+def test_requests_trickling_in_at_the_cap_make_room_for_a_real_request(start):
+    with running(build_server(limits=Limits(max_connections=3, keepalive_timeout=30))) as server:
+        slow = [Client(server.port) for _ in range(3)]
+        for client in slow:
+            client.send(start)
+        _wait_until(lambda: sum(c.phase.value in ("head", "body") for c in server.connections()) == 3)
+        with Client(server.port) as client:
+            client.request("GET", "/health")
+            assert client.read_response().status == 200
+        # The slowest of them gave up its place, with a 408; the others still wait.
+        registered = {c.client for c in server.connections()}
+        (evicted,) = [c for c in slow if c.sock.getsockname() not in registered]
+        answer = evicted.read_response()
+        assert answer.status == 408 and answer.error()["code"] == "request_timeout"
+        assert "connection limit" in answer.error()["message"] and evicted.closed_by_server()
+        for client in slow:
+            client.close()
+
+
+def test_at_the_cap_a_body_trickling_in_goes_before_a_large_upload_arriving_fast():
+    with running(build_server(limits=Limits(max_connections=2))) as server:
+        upload, trickle = Client(server.port), Client(server.port)
+        upload.send(b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 16000000\r\n\r\n" + b"u" * 8_000_000)
+        _wait_until(lambda: any(c.phase.value == "body" for c in server.connections()))
+        trickle.send(SLOW_BODY)
+        _wait_until(lambda: sum(c.phase.value == "body" for c in server.connections()) == 2)
+        time.sleep(0.05)  # the trickle's rate is then a few hundred bytes a second at most
+        with Client(server.port) as client:
+            client.request("GET", "/health")
+            assert client.read_response().status == 200
+        assert trickle.read_response().status == 408
+        registered = {c.client for c in server.connections()}
+        assert upload.sock.getsockname() in registered and trickle.sock.getsockname() not in registered
+        upload.close()
+        trickle.close()
+
+
 def test_busy_server_refuses_a_new_connection_with_503():
     gate = threading.Event()
     endpoint = EndpointBuilder.get("/hold").handle(lambda request: {"held": gate.wait(10)}).build()
@@ -128,7 +118,7 @@ def test_busy_server_refuses_a_new_connection_with_503():
         _wait_until(lambda: sum(not c.idle for c in server.connections()) == 2)
         with Client(server.port) as refused:
             answer = refused.read_response()
-            assert answer.status == 503 and answer.error()["code"] == "too_many_connections"
+            assert error_of(answer, 503)["code"] == "too_many_connections"
             assert answer.header("retry-after") == "1"
         gate.set()
         for client in busy:

@@ -73,7 +73,7 @@ class SteppedUpstream:
                 while (text := await request.cancelled.guard(self.queue.get())) is not None:
                     events.send(_chunk({"content": text}))
                     await events.drain()
-            except ClientGone:
+            except (ClientGone, asyncio.CancelledError):  # the client left (seen while waiting, or its reset)
                 self.left.set()
                 raise
             events.send(_chunk({}, "stop"))

@@ -598,7 +598,7 @@ CHAT = json.dumps(chat_body(model="tiny")).encode()
     ("GET", "/v1/chat/completions", KEY, b"", 405, None),
     ("DELETE", "/v1/models", KEY, b"", 405, None),
     ("POST", "/v1/chat/completions", KEY + JSON, b"{" + b" " * 5000 + b"}", 413, None),
-    ("POST", "/v1/chat/completions", KEY + [("Content-Type", "text/plain")], CHAT, 415, "unsupported_media_type"),
+    ("POST", "/v1/chat/completions", KEY + [("Content-Type", "text/plain")], b"hello", 415, "unsupported_media_type"),
     ("POST", "/v1/chat/completions", KEY + JSON, b'{"model": "tiny", "messages": [', 400, None),
     ("POST", "/v1/chat/completions", KEY + JSON, b"[1, 2]", 400, None),
     ("POST", "/v1/chat/completions", KEY + JSON, CHAT, 429, "rate_limit_exceeded"),
@@ -625,8 +625,10 @@ def test_malformed_http_is_answered_with_openai_error_objects(keyed_proxy, raw, 
         error_of(client.read_response(), status)
 
 
-def test_too_many_connections_is_a_503_error_object(keyed_proxy) -> None:
-    # Two connections that have begun a request hold both places.
+def test_a_request_displaced_at_the_connection_cap_gets_a_408_error_object(keyed_proxy) -> None:
+    # Two connections that have begun a request hold both places; a third takes the place of the
+    # slower of them, which is answered 408. (The 503 when every connection is answering a
+    # request is in test_http_limits.py.)
     holders = [Client(keyed_proxy.port), Client(keyed_proxy.port)]
     try:
         for holder in holders:
@@ -635,9 +637,13 @@ def test_too_many_connections_is_a_503_error_object(keyed_proxy) -> None:
             if sum(not c.idle for c in keyed_proxy.connections()) == 2:
                 break
             time.sleep(0.01)
-        with Client(keyed_proxy.port) as refused:
-            error = error_of(refused.read_response(), 503)
-        assert error["code"] == "too_many_connections"
+        with Client(keyed_proxy.port) as newcomer:
+            newcomer.request("GET", "/health")
+            assert newcomer.read_response().status == 200
+        registered = {c.client for c in keyed_proxy.connections()}
+        (displaced,) = [h for h in holders if h.sock.getsockname() not in registered]
+        error = error_of(displaced.read_response(), 408)
+        assert error["code"] == "request_timeout"
     finally:
         for holder in holders:
             holder.close()

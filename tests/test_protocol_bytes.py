@@ -1,8 +1,9 @@
 """HTTPProtocol fed exact bytes through a recording transport; assertions on the exact bytes written.
 
 The transport stands in for asyncio's socket transport (write, close, write_eof, pause_reading
-...); everything above it (protocol, h11, App, router, handlers) is the real code. The ``Date``
-header is the one varying part of a response; it is checked for shape, then replaced by ``DATE``.
+...); everything above it (protocol, h11, App, router, handlers) is the real code. The varying
+parts of a response are checked for shape, then replaced: the Date by ``DATE``, a request id the
+server minted by ``ID``, the processing milliseconds by ``MS``.
 """
 
 from __future__ import annotations
@@ -15,16 +16,13 @@ import pytest
 
 from helios_raw.app import App
 from helios_raw.http.limits import Limits
-from helios_raw.http.protocol import HTTPProtocol
 from helios_raw.http.response import Response, StreamingResponse
-from helios_raw.http.server import ConnectionRegistry
 from helios_raw.openai.handlers import health_route
-
-DATE = re.compile(rb"\r\ndate: (?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT\r\n")
+from tests.support.wire import DATE, RecordingTransport, Wire
 
 HEALTH_OK = (
     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\naccess-control-allow-origin: *\r\n"
-    b"server: helios_raw\r\ndate: DATE\r\ncontent-length: 15\r\n\r\n{\"status\":\"ok\"}"
+    b"x-request-id: ID\r\nopenai-processing-ms: MS\r\nserver: helios_raw\r\ndate: DATE\r\ncontent-length: 15\r\n\r\n{\"status\":\"ok\"}"
 )
 # The server's own decision to close (request limit, shutdown) is ``connection: close``; h11
 # rewrites it as ``Connection: close`` when the client asked (HTTP/1.0, ``Connection: close``).
@@ -38,11 +36,13 @@ def status_lines(data: bytes) -> int:
     return len(re.findall(rb"HTTP/1\.1 \d{3} ", data))
 
 
-def error_bytes(status: bytes, body: bytes) -> bytes:
-    """A protocol-level error: JSON body, CORS, Server, Date, then close."""
+def error_bytes(status: bytes, body: bytes, parsed: bool = False) -> bytes:
+    """A protocol-level error: JSON body, CORS, request id (and the milliseconds since the head
+    when it was ``parsed``), Server, Date, then close."""
     return (
         b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\naccess-control-allow-origin: *\r\n"
-        b"server: helios_raw\r\ndate: DATE\r\ncontent-length: " + str(len(body)).encode()
+        b"x-request-id: ID\r\n" + (b"openai-processing-ms: MS\r\n" if parsed else b"")
+        + b"server: helios_raw\r\ndate: DATE\r\ncontent-length: " + str(len(body)).encode()
         + b"\r\nconnection: close\r\n\r\n" + body
     )
 
@@ -50,85 +50,6 @@ def error_bytes(status: bytes, body: bytes) -> bytes:
 def error_body(message: str, code: str, type_: str = "invalid_request_error") -> bytes:
     return (b'{"error":{"message":"' + message.encode() + b'","type":"' + type_.encode()
             + b'","param":null,"code":"' + code.encode() + b'"}}')
-
-
-class RecordingTransport(asyncio.Transport):
-    """Records what the protocol writes and how it steers the connection."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = bytearray()
-        self.protocol = None
-        self.closing = False
-        self.eof_written = False
-        self.reading = True
-        self.aborted = False
-        self.buffered = 0
-
-    def write(self, data) -> None:
-        assert not self.eof_written, "write after write_eof"
-        assert not self.closing, "write after close"
-        self.written += data
-
-    def get_extra_info(self, name, default=None):
-        return {"peername": ("127.0.0.1", 50000)}.get(name, default)
-
-    def set_write_buffer_limits(self, high=None, low=None) -> None:
-        pass
-
-    def get_write_buffer_size(self) -> int:
-        return self.buffered
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        if not self.closing:
-            self.closing = True
-            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
-
-    def abort(self) -> None:
-        self.aborted = True
-        self.close()
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        self.eof_written = True
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
-
-
-class Wire:
-    """One HTTPProtocol on a recording transport."""
-
-    def __init__(self, app: App, limits: Limits | None = None) -> None:
-        self.limits = limits or Limits()
-        self.transport = RecordingTransport()
-        self.registry = ConnectionRegistry(self.limits)
-        self.protocol = HTTPProtocol(app, self.limits, self.registry)
-        self.transport.protocol = self.protocol
-        self.protocol.connection_made(self.transport)
-
-    def feed(self, *chunks: bytes) -> None:
-        for chunk in chunks:
-            self.protocol.data_received(chunk)
-
-    def take(self) -> bytes:
-        """What was written since the last call, with each Date header's value replaced."""
-        data = bytes(self.transport.written)
-        self.transport.written.clear()
-        return DATE.sub(b"\r\ndate: DATE\r\n", data)
-
-    async def settle(self) -> None:
-        """Let scheduled callbacks and tasks run."""
-        for _ in range(20):
-            await asyncio.sleep(0)
 
 
 class Gate:
@@ -141,8 +62,8 @@ class Gate:
 
 def make_app(gate: Gate | None = None) -> App:
     app = App()
-    app.add_route("GET", "/health", health_route(None), inline=True)
-    app.add_route("POST", "/echo", lambda request: Response(request.body, content_type="text/plain"), inline=True)
+    app.add_route("GET", "/health", health_route(None))
+    app.add_route("POST", "/echo", lambda request: Response(request.body, content_type="text/plain"))
 
     async def wait(request):
         gate.requests.append(request)
@@ -199,7 +120,7 @@ async def test_pipelined_requests_in_one_read_are_answered_in_order():
     wire = Wire(make_app())
     wire.feed(GET_HEALTH + b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc" + GET_HEALTH)
     echo = (b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\naccess-control-allow-origin: *\r\n"
-            b"server: helios_raw\r\ndate: DATE\r\ncontent-length: 3\r\n\r\nabc")
+            b"x-request-id: ID\r\nopenai-processing-ms: MS\r\nserver: helios_raw\r\ndate: DATE\r\ncontent-length: 3\r\n\r\nabc")
     assert wire.take() == HEALTH_OK + echo + HEALTH_OK
 
 
@@ -214,7 +135,7 @@ async def test_pipelined_request_waits_for_the_slow_one_before_it():
     await wire.settle()
     assert wire.take() == (
         b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\naccess-control-allow-origin: *\r\n"
-        b"server: helios_raw\r\ndate: DATE\r\ncontent-length: 8\r\n\r\nreleased" + HEALTH_OK)
+        b"x-request-id: ID\r\nopenai-processing-ms: MS\r\nserver: helios_raw\r\ndate: DATE\r\ncontent-length: 8\r\n\r\nreleased" + HEALTH_OK)
 
 
 @in_loop
@@ -278,7 +199,7 @@ async def test_streaming_response_is_chunked():
     await wire.settle()
     assert wire.take() == (
         b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\naccess-control-allow-origin: *\r\n"
-        b"server: helios_raw\r\ndate: DATE\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"x-request-id: ID\r\nopenai-processing-ms: MS\r\nserver: helios_raw\r\ndate: DATE\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"3\r\none\r\n3\r\ntwo\r\n0\r\n\r\n")
 
 
@@ -289,7 +210,7 @@ async def test_streaming_response_to_http_1_0_is_delimited_by_close():
     await wire.settle()
     assert wire.take() == (
         b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\naccess-control-allow-origin: *\r\n"
-        b"server: helios_raw\r\ndate: DATE\r\nConnection: close\r\n\r\nonetwo")
+        b"x-request-id: ID\r\nopenai-processing-ms: MS\r\nserver: helios_raw\r\ndate: DATE\r\nConnection: close\r\n\r\nonetwo")
     assert wire.transport.closing
 
 
@@ -308,7 +229,7 @@ async def test_half_close_with_a_request_in_flight_still_gets_the_answer():
     wire.feed(b"GET /wait HTTP/1.1\r\nHost: x\r\n\r\n" + GET_HEALTH)
     assert wire.protocol.eof_received() is True  # keep the transport open for the answers
     await wire.settle()
-    assert gate.requests[0].cancelled.is_set()
+    assert not gate.requests[0].cancelled.is_set()  # a half-closed client still reads
     gate.release.set()
     await wire.settle()
     out = wire.take()
@@ -327,7 +248,7 @@ async def test_eof_in_the_middle_of_a_body_closes_without_an_answer():
 # -- smuggling and malformed framing -------------------------------------------------------------
 
 SMUGGLE_400 = error_bytes(b"400 Bad Request", error_body(
-    "A request must not carry both Content-Length and Transfer-Encoding.", "bad_request"))
+    "A request must not carry both Content-Length and Transfer-Encoding.", "bad_request"), parsed=True)
 
 
 @pytest.mark.parametrize("head", [
@@ -375,7 +296,7 @@ async def test_other_http_versions_are_505(version):
     wire = Wire(make_app())
     wire.feed(b"GET /health " + version + b"\r\nHost: x\r\n\r\n")
     assert wire.take() == error_bytes(b"505 HTTP Version Not Supported", error_body(
-        "Only HTTP/1.0 and HTTP/1.1 are supported.", "http_version_not_supported"))
+        "Only HTTP/1.0 and HTTP/1.1 are supported.", "http_version_not_supported"), parsed=True)
 
 
 @in_loop
@@ -392,7 +313,7 @@ async def test_control_bytes_in_a_header_value_are_400(value):
     wire = Wire(make_app())
     wire.feed(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Test: " + value + b"\r\n\r\n")
     assert wire.take() == error_bytes(b"400 Bad Request", error_body(
-        "Malformed HTTP request: a header value contains a control character.", "bad_request"))
+        "Malformed HTTP request: a header value contains a control character.", "bad_request"), parsed=True)
 
 
 @in_loop
@@ -431,36 +352,81 @@ async def test_absurd_content_length_is_refused_before_any_body():
     assert out.startswith(b"HTTP/1.1 400 ") and b"bad Content-Length" in out
 
 
+LENIENT_FRAMING = [
+    (b"GET /health HTTP/1.1\nHost: x\n\n", "a line ends in a bare LF instead of CRLF"),
+    (b"GET /health HTTP/1.1\r\nHost: x\n\r\n", "a line ends in a bare LF instead of CRLF"),
+    (b"GET /wait HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n  b\r\n\r\n",
+     "a header line is folded onto the one before (obs-fold)"),
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length:\r\n 3\r\n\r\nabc",
+     "a header line is folded onto the one before (obs-fold)"),
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\r\n\tchunked\r\n\r\n0\r\n\r\n",
+     "a header line is folded onto the one before (obs-fold)"),
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3 \r\nabc\r\n0\r\n\r\n",
+     "illegal chunk header: whitespace before its CRLF"),
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\t\r\nabc\r\n0\r\n\r\n",
+     "illegal chunk header: whitespace before its CRLF"),
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: 1\n\r\n",
+     "illegal trailer line"),
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: 1\r\n 2\r\n\r\n",
+     "illegal trailer line"),
+]
+
+
+@pytest.mark.parametrize("raw, fault", LENIENT_FRAMING, ids=[
+    "bare-lf", "one-bare-lf", "obs-fold", "folded-content-length", "folded-transfer-encoding",
+    "chunk-size-space", "chunk-size-tab", "trailer-bare-lf", "folded-trailer"])
+@pytest.mark.parametrize("pieces", [1, 7], ids=["one-read", "in-pieces"])
 @in_loop
-async def test_bare_lf_line_endings_are_tolerated():
+async def test_framing_h11_would_tolerate_is_refused(raw, fault, pieces):
+    wire = Wire(make_app(Gate()))
+    step = len(raw) // pieces + 1
+    wire.feed(*[raw[i:i + step] for i in range(0, len(raw), step)] + [GET_HEALTH])
+    in_body = "chunk" in fault or "trailer" in fault  # refused in the body: its head was parsed
+    assert wire.take() == error_bytes(b"400 Bad Request", error_body(f"Malformed HTTP request: {fault}.",
+                                                                      "bad_request"), parsed=in_body)
+    assert wire.transport.eof_written
+
+
+@in_loop
+async def test_crlf_split_between_reads_is_not_a_bare_lf():
     wire = Wire(make_app())
-    wire.feed(b"GET /health HTTP/1.1\nHost: x\n\n")
+    wire.feed(b"GET /health HTTP/1.1\r", b"\nHost: x\r", b"\n", b"\r", b"\n")
     assert wire.take() == HEALTH_OK
 
 
 @in_loop
-async def test_obs_fold_continuation_is_unfolded_not_smuggled():
-    gate = Gate()
-    wire = Wire(make_app(gate))
-    wire.feed(b"GET /wait HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n  b\r\n\r\n")
-    await wire.settle()
-    assert gate.requests[0].header("x-folded") == "a b"
-    gate.release.set()
-    await wire.settle()
-    assert wire.take().endswith(b"released")
+async def test_a_pipelined_head_is_scanned_too():
+    wire = Wire(make_app())
+    wire.feed(GET_HEALTH + b"GET /health HTTP/1.1\nHost: x\n\n")
+    assert wire.take() == HEALTH_OK + error_bytes(b"400 Bad Request", error_body(
+        "Malformed HTTP request: a line ends in a bare LF instead of CRLF.", "bad_request"))
+
+
+@in_loop
+async def test_a_body_may_hold_any_bytes():
+    wire = Wire(make_app())
+    body = b"a\nb\n c\n\td\n\n"
+    wire.feed(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    assert wire.take().endswith(b"\r\n\r\n" + body)
+    wire.feed(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n" % len(body)
+              + body + b"\r\n0\r\nX-T: 1\r\n\r\n")
+    assert wire.take().endswith(b"\r\n\r\n" + body)
 
 
 # -- size limits ---------------------------------------------------------------------------------
 
 HEAD_431 = error_bytes(b"431 Request Header Fields Too Large", error_body(
     "The request head is larger than 16384 bytes.", "request_header_fields_too_large"))
+# h11 parses a head that arrives complete however large it is; one arriving in pieces it refuses.
+PARSED_HEAD_431 = error_bytes(b"431 Request Header Fields Too Large", error_body(
+    "The request head is larger than 16384 bytes.", "request_header_fields_too_large"), parsed=True)
 
 
 @in_loop
 async def test_complete_100kb_head_in_one_read_is_431():
     wire = Wire(make_app())
     wire.feed(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n")
-    assert wire.take() == HEAD_431
+    assert wire.take() == PARSED_HEAD_431
     assert wire.transport.eof_written
 
 
@@ -478,7 +444,7 @@ async def test_5000_headers_in_one_read_are_431():
     wire = Wire(make_app())
     wire.feed(b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(5000)) + b"\r\n")
     assert wire.take() == error_bytes(b"431 Request Header Fields Too Large", error_body(
-        "The request has more than 100 header fields.", "request_header_fields_too_large"))
+        "The request has more than 100 header fields.", "request_header_fields_too_large"), parsed=True)
 
 
 @in_loop
@@ -489,7 +455,7 @@ async def test_header_count_at_the_limit_is_accepted():
 
 
 URI_414 = error_bytes(b"414 Request-URI Too Long", error_body(
-    "The request target is longer than 8192 bytes.", "uri_too_long"))
+    "The request target is longer than 8192 bytes.", "uri_too_long"), parsed=True)
 
 
 @in_loop
@@ -519,7 +485,8 @@ async def test_long_method_is_414_however_it_arrives(pieces):
     wire = Wire(make_app())
     step = len(data) // pieces + 1
     wire.feed(*[data[i:i + step] for i in range(0, len(data), step)])
-    assert wire.take() == LINE_414
+    assert wire.take() == (LINE_414 if pieces > 1 else error_bytes(b"414 Request-URI Too Long", error_body(
+        "The request line is longer than 8224 bytes.", "uri_too_long"), parsed=True))
 
 
 @in_loop
@@ -527,7 +494,7 @@ async def test_content_length_over_the_limit_is_413_at_once_with_a_lingering_clo
     wire = Wire(make_app(), Limits(max_body_bytes=1000))
     wire.feed(b"POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1001\r\n\r\n")
     assert wire.take() == error_bytes(b"413 Request Entity Too Large", error_body(
-        "The request body is larger than 1000 bytes.", "request_too_large"))
+        "The request body is larger than 1000 bytes.", "request_too_large"), parsed=True)
     assert wire.transport.eof_written and not wire.transport.closing  # still reading, to discard
     wire.feed(b"x" * 1001)
     assert wire.take() == b""
@@ -556,6 +523,45 @@ async def test_reading_pauses_while_pipelined_requests_pile_up():
     assert wire.take().count(b"HTTP/1.1 200 OK") == 41
 
 
+# -- errors answering HEAD ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("head, status, body", [
+    (b"HEAD /health HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(101)) + b"\r\n",
+     b"431 Request Header Fields Too Large",
+     error_body("The request has more than 100 header fields.", "request_header_fields_too_large")),
+    (b"HEAD /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", b"414 Request-URI Too Long",
+     error_body("The request target is longer than 8192 bytes.", "uri_too_long")),
+    (b"HEAD /health HTTP/1.2\r\nHost: x\r\n\r\n", b"505 HTTP Version Not Supported",
+     error_body("Only HTTP/1.0 and HTTP/1.1 are supported.", "http_version_not_supported")),
+    (b"HEAD /health HTTP/1.1\r\nHost: x\r\nX-Test: a\x01b\r\n\r\n", b"400 Bad Request",
+     error_body("Malformed HTTP request: a header value contains a control character.", "bad_request")),
+    (b"HEAD /health HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+     b"400 Bad Request",
+     error_body("A request must not carry both Content-Length and Transfer-Encoding.", "bad_request")),
+], ids=["431", "414", "505", "control-byte", "cl-and-te"])
+@in_loop
+async def test_error_answering_a_head_request_has_the_headers_of_a_get_and_no_body(head, status, body):
+    wire = Wire(make_app())
+    wire.feed(head)
+    assert wire.take() == error_bytes(status, body, parsed=True)[: -len(body)]  # Content-Length kept, no body
+    assert wire.transport.eof_written
+
+
+class ResetTransport(RecordingTransport):
+    """A socket the client has reset: shutting down its write side fails, as asyncio's does."""
+
+    def write_eof(self) -> None:
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+
+@in_loop
+async def test_a_reset_while_closing_after_an_error_just_closes():
+    wire = Wire(make_app(), transport=ResetTransport())
+    wire.feed(b"\x00garbage\r\n\r\n")  # answered 400, then the write side is shut: it raises
+    assert wire.take().startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert wire.transport.closing
+
+
 # -- streams cut short -----------------------------------------------------------------------------
 
 def _sse_app(produce, gate: Gate | None = None) -> App:
@@ -571,7 +577,7 @@ def _sse_app(produce, gate: Gate | None = None) -> App:
 
 
 SSE_HEAD = (b"HTTP/1.1 200 OK\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\n"
-            b"content-type: text/event-stream\r\naccess-control-allow-origin: *\r\nserver: helios_raw\r\n"
+            b"content-type: text/event-stream\r\naccess-control-allow-origin: *\r\nx-request-id: ID\r\nopenai-processing-ms: MS\r\nserver: helios_raw\r\n"
             b"date: DATE\r\nTransfer-Encoding: chunked\r\n\r\n")
 
 

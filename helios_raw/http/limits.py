@@ -23,12 +23,16 @@ class Limits:
     head_timeout: float = 10.0
     #: Seconds a request body may sit without a new byte; then 408 and close.
     body_idle_timeout: float = 30.0
+    #: Seconds from the end of a head until its whole body must have arrived, however steadily
+    #: it trickles in; then 408 and close.
+    body_timeout: float = 120.0
     #: Seconds an idle keep-alive connection is kept open.
     keepalive_timeout: float = 5.0
     #: Requests served on one connection before it is closed.
     max_requests_per_connection: int = 1000
-    #: Connections open at once; past it, idle keep-alive connections are closed first, then new
-    #: connections are refused with 503.
+    #: Connections open at once. A new one past it takes the place of an idle keep-alive
+    #: connection, else of the one whose request is arriving slowest (answered 408); only when
+    #: every connection is answering a request is the new one refused with 503.
     max_connections: int = 1024
     #: Bytes of unsent output buffered per connection before the writer is paused.
     write_buffer_high: int = 256 * 1024

@@ -83,9 +83,13 @@ class StreamingResponse:
     ``error_frames(error)`` gives the bytes that end the body when it must stop early, because a
     shutdown deadline passed or the producer raised, so that the client sees a proper ending (an
     error event, for Server-Sent Events) rather than a dropped connection. None: the body just ends.
+
+    ``heartbeat`` is bytes the body may carry between any two of the producer's writes without
+    changing its meaning (for Server-Sent Events, a comment); written while the client has
+    half-closed, to learn whether it is still there. None: nothing is written.
     """
 
-    __slots__ = ("status", "headers", "producer", "error_frames")
+    __slots__ = ("status", "headers", "producer", "error_frames", "heartbeat")
 
     def __init__(
         self,
@@ -94,12 +98,14 @@ class StreamingResponse:
         headers: Optional[Headers] = None,
         content_type: str = "application/octet-stream",
         error_frames: Optional[Callable[[APIError], bytes]] = None,
+        heartbeat: Optional[bytes] = None,
     ) -> None:
         self.status = status
         self.producer = producer
         self.headers = list(headers) if headers else []
         self.headers.append(("content-type", content_type))
         self.error_frames = error_frames
+        self.heartbeat = heartbeat
 
 
 AnyResponse = Union[Response, StreamingResponse]

@@ -2,8 +2,10 @@
 
 Templates are compiled once, when a route is added: ``/v1/models/{id}`` (or ``/v1/models/:id``)
 has literal segments and named parameters, each matching exactly one non-empty path segment.
-Static paths are found with one dict lookup; templated ones by comparing segments in order.
-HEAD is answered by a GET route unless a HEAD route exists.
+A request is matched by its path's segments, each percent-decoded on its own (see
+:func:`~helios_raw.http.request.split_path`). Static paths are found with one dict lookup;
+templated ones by comparing segments in order. HEAD is answered by a GET route unless a HEAD
+route exists.
 """
 
 from __future__ import annotations
@@ -22,15 +24,14 @@ class RouteConflict(ValueError):
 
 @dataclass
 class Route:
-    """``handler(request)`` returns a response, or an awaitable of one when ``inline`` is false.
+    """``handler(request)`` returns a response, or an awaitable of one.
 
-    An ``inline`` handler is a plain function called on the event loop: it must be quick.
+    A handler that returns a response (not an awaitable) runs on the event loop: it must be quick.
     """
 
     method: str
     template: str
     handler: Callable[..., Any]
-    inline: bool = False
     description: str = ""
     segments: tuple = field(default=(), repr=False)  # (is_param, text) per segment
 
@@ -73,7 +74,7 @@ class Router:
     """Finds the route for a request, or raises the 404 / 405 APIError a client should see."""
 
     def __init__(self) -> None:
-        self._static: dict[str, dict[str, Route]] = {}
+        self._static: dict[tuple, dict[str, Route]] = {}  # by the texts of the segments
         self._templated: list[Route] = []
         self._shapes: dict[tuple, dict[str, Route]] = {}
 
@@ -93,21 +94,20 @@ class Router:
             )
         by_method[route.method] = route
         if route.static:
-            self._static.setdefault("/" + "/".join(t for _, t in route.segments), {})[route.method] = route
+            self._static.setdefault(tuple(t for _, t in route.segments), {})[route.method] = route
         else:
             self._templated.append(route)
 
-    def match(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
-        """The route and path parameters for ``method path``."""
-        if len(path) > 1 and path.endswith("/"):
-            path = path.rstrip("/") or "/"
-        static = self._static.get(path)
+    def match(self, method: str, segments: tuple, path: str) -> tuple[Route, dict[str, str]]:
+        """The route and path parameters for ``method`` and a path's ``segments``; ``path`` is
+        what an error names."""
+        static = self._static.get(segments)
         if static is not None:
             route = static.get(method) or (static.get("GET") if method == "HEAD" else None)
             if route is not None:
                 return route, {}
         candidates = {m: (r, {}) for m, r in (static or {}).items()}
-        for route, params in self._match_templated(path):
+        for route, params in self._match_templated(segments):
             candidates.setdefault(route.method, (route, params))
         found = candidates.get(method) or (candidates.get("GET") if method == "HEAD" else None)
         if found is not None:
@@ -122,15 +122,14 @@ class Router:
             headers=[("allow", ", ".join(allowed))],
         )
 
-    def _match_templated(self, path: str):
-        parts = path.strip("/").split("/")
+    def _match_templated(self, segments: tuple):
         for route in self._templated:
-            params = _match_segments(route.segments, parts)
+            params = _match_segments(route.segments, segments)
             if params is not None:
                 yield route, params
 
 
-def _match_segments(segments: tuple, parts: list[str]) -> Optional[dict[str, str]]:
+def _match_segments(segments: tuple, parts: tuple) -> Optional[dict[str, str]]:
     if len(segments) != len(parts):
         return None
     params = {}

@@ -14,7 +14,15 @@ log = logging.getLogger("helios_raw.server")
 
 
 class ConnectionRegistry:
-    """The open connections of one server, capped at ``limits.max_connections``."""
+    """The open connections of one server, capped at ``limits.max_connections``.
+
+    At the cap a newcomer is let in by closing another connection: the oldest quiet one (idle
+    between requests, or lingering after an error) first, else the one receiving its request
+    (head or body) at the lowest rate in bytes per second since its first byte, which is answered
+    408. Connections answering a request are never closed for a newcomer: when all are, it is
+    refused with 503. So clients that trickle heads or bodies cannot hold every connection: each
+    new connection displaces the slowest of them, and a real request is served.
+    """
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
@@ -24,17 +32,27 @@ class ConnectionRegistry:
         self._empty.set()
 
     def admit(self, protocol: HTTPProtocol) -> bool:
-        """Register a new connection; at the cap, close an idle keep-alive one to make room.
-        False if every open connection is busy."""
+        """Register a new connection, making room at the cap (see the class's docstring). False
+        if every open connection is answering a request."""
         if len(self.connections) >= self.limits.max_connections:
-            idle = next((c for c in self.connections if c.idle), None)
-            if idle is None:
+            victim = self._victim(protocol.loop.time())
+            if victim is None:
                 return False
-            self.discard(idle)
-            idle.shutdown()
+            self.discard(victim)
+            victim.evict()
         self.connections[protocol] = None
         self._empty.clear()
         return True
+
+    def _victim(self, now: float) -> Optional[HTTPProtocol]:
+        slowest, slowest_rate = None, float("inf")
+        for connection in self.connections:  # oldest first
+            if connection.idle:
+                return connection
+            rate = connection.receive_rate(now)
+            if rate is not None and rate < slowest_rate:
+                slowest, slowest_rate = connection, rate
+        return slowest
 
     def discard(self, protocol: HTTPProtocol) -> None:
         self.connections.pop(protocol, None)
@@ -68,7 +86,7 @@ class HTTPServer:
         self.registry = ConnectionRegistry(self.limits)
         registry = self.registry
         self._server = await loop.create_server(
-            lambda: HTTPProtocol(self.app, self.limits, registry),
+            lambda: HTTPProtocol(self.app, self.limits, registry, loop),
             self.host,
             self.port,
             reuse_address=True,

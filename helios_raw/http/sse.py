@@ -16,6 +16,8 @@ from ..sink import ChunkSink
 from .response import Headers, Producer, ResponseWriter, StreamingResponse
 
 SSE_DONE = b"data: [DONE]\n\n"
+#: An event stream's comment line: every client skips it.
+SSE_HEARTBEAT = b":\n\n"
 
 
 def sse_frame(obj: Any) -> bytes:
@@ -73,6 +75,7 @@ def sse_response(producer: Callable[[SSESink], Awaitable[None]], headers: Option
         headers=[("cache-control", "no-cache"), ("x-accel-buffering", "no")] + (headers or []),
         content_type="text/event-stream",
         error_frames=sse_error_frames,
+        heartbeat=SSE_HEARTBEAT,
     )
 
 

@@ -38,13 +38,15 @@ def access_recorder(metrics: Metrics, router: Router) -> Callable[[Request, int,
     record = metrics.http_request
 
     def record_access(request: Request, status: int, seconds: float) -> None:
-        method = request.method
-        if method == "OPTIONS":
-            method = request.header("access-control-request-method") or method
-        try:
-            route = match(method, request.path)[0].template
-        except APIError:
-            route = "unmatched"
+        route = request.route
+        if route is None:  # answered before routing: a preflight, a refused key, a 404 or 405
+            method = request.method
+            if method == "OPTIONS":
+                method = request.header("access-control-request-method") or method
+            try:
+                route = match(method, request.segments, request.path)[0].template
+            except APIError:
+                route = "unmatched"
         record(request.method, route, status, seconds, request.cancelled.is_set())
 
     return record_access

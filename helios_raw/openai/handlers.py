@@ -7,6 +7,8 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Optional
 
+import orjson
+
 from ..cancel import ClientGone
 from ..errors import APIError, model_not_found, server_error
 from ..http.request import Request
@@ -111,14 +113,20 @@ def streamed(stream: "ChunkStream", request: Request, legacy: bool = False):
 
 
 def require_json(request: Request) -> None:
-    """415 unless the body is declared JSON (a missing Content-Type is taken as JSON)."""
+    """415 for a body declared as another type than JSON that does not parse as JSON either. A
+    body that parses is taken whatever it is declared as, as other servers do: ``curl -d`` sends
+    JSON as ``application/x-www-form-urlencoded``."""
     content_type: Optional[str] = request.header("content-type")
     if content_type is None:
         return
     media = content_type.split(";", 1)[0].strip().lower()
-    if media != "application/json" and not media.endswith("+json"):
-        raise APIError(415, f"Unsupported Content-Type {media!r}; send 'Content-Type: application/json'.",
-                       code="unsupported_media_type")
+    if media == "application/json" or media.endswith("+json"):
+        return
+    try:
+        orjson.loads(request.body)
+    except orjson.JSONDecodeError:
+        raise APIError(415, f"Unsupported Content-Type {media!r}, and the body is not JSON; send JSON with "
+                       "'Content-Type: application/json'.", code="unsupported_media_type") from None
 
 
 def health_route(backend: Optional["Backend"]):
