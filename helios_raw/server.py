@@ -24,6 +24,7 @@ from .config import Config
 from .endpoints import CustomEndpoint, endpoints_from_list
 from .http.limits import Limits
 from .http.server import HTTPServer
+from .logs import setup_logging
 from .metrics import Metrics
 from .metrics.route import MetricsRoute, access_recorder
 from .models import ModelRouter, router_of
@@ -175,7 +176,10 @@ class Server:
 
     def serve(self) -> int:
         """Block serving until SIGINT/SIGTERM, in ``[server] workers`` processes; the exit
-        status (0 after a graceful stop)."""
+        status (0 after a graceful stop). A program that has not set up logging gets the command
+        line's: the address, the model and one line per request on stderr."""
+        if not logging.getLogger().handlers:
+            setup_logging(self.config.server.log_level, self.config.server.access_log_format)
         if self.config.server.workers > 1:
             from .workers import Supervisor
 

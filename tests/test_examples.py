@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -138,3 +139,24 @@ def test_examples_run_as_scripts(name: str) -> None:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "--bind" in result.stdout
+
+
+def test_a_served_example_says_where_it_listens_and_logs_each_request() -> None:
+    """A script that serves without setting up logging still tells its user what it is doing."""
+    from benchmarks.load import ServerProcess
+    from tests.support.rawhttp import Client
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    server = ServerProcess([sys.executable, str(EXAMPLES / "custom_endpoints.py"), "--bind", "127.0.0.1:0"],
+                           env=env, cwd=ROOT)
+    try:
+        with Client(server.port) as client:
+            client.request("GET", "/api/version")
+            assert client.read_response().status == 200
+        deadline = time.monotonic() + 10
+        while not any('"GET /api/version HTTP/1.1" 200' in line for line in server.output):
+            assert time.monotonic() < deadline, server.output
+            time.sleep(0.05)
+    finally:
+        assert server.stop() == 0
+    assert any("listening on http://127.0.0.1:" in line for line in server.output)
