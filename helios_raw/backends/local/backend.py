@@ -216,8 +216,7 @@ class LocalBackend(Backend):
     async def count_tokens(self, request: ChatRequest, cancel: Cancellation) -> Optional[int]:
         model = self._serving(request.model)
         tools = request.tools if request.tools and request.tool_choice != "none" else None
-        return len(await cancel.guard(asyncio.get_running_loop().run_in_executor(
-            None, model.prompt_tokens, request.messages, tools)))
+        return len(await cancel.guard(asyncio.to_thread(model.prompt_tokens, request.messages, tools)))
 
     # -- running a request -------------------------------------------------------------------
 
@@ -242,7 +241,7 @@ class LocalBackend(Backend):
             job = make(model, *args)
             return job, sampler_chain(model.lc, model, job)
 
-        built = asyncio.get_running_loop().run_in_executor(None, build)
+        built = asyncio.ensure_future(asyncio.to_thread(build))  # to_thread: its log lines name the request
         try:
             job, chain = await cancel.guard(asyncio.shield(built))
         except BaseException:
