@@ -186,7 +186,7 @@ class Conversation:
         """Run ``step``'s tool calls at once and append the assistant message and the results.
 
         If ``cancel`` is set first, the async tools are cancelled (a sync tool's thread finishes
-        on its own, unheard) and :class:`~helios_raw.http.response.ClientGone` is raised."""
+        on its own, unheard) and :class:`~helios_raw.cancel.ClientGone` is raised."""
         calls = [_with_id(c) for c in step.tool_calls]
         results = await cancel.guard(asyncio.gather(*(self._run(c) for c in calls)))
         self.messages.append({"role": "assistant", "content": step.content or None, "tool_calls": calls})
