@@ -283,7 +283,7 @@ class ModelRouter(Backend):
                 await _close_quietly(backend)
                 return
             entry.status, entry.last_used = "loaded", time.monotonic()
-            log.info("model %s ready (loaded on demand in %.2f s)", entry.id, time.perf_counter() - started)
+            log.info("model %s ready (loaded in %.2f s)", entry.id, time.perf_counter() - started)
             self._idle(entry)
         finally:
             entry.loading, entry.has_room = None, False
