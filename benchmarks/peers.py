@@ -235,8 +235,8 @@ def _helios_ready(status: int, body: bytes) -> bool:
         return False
 
 
-def helios(setup: ModelSetup, workdir: str) -> Server:
-    """helios_raw serving ``setup`` (access log off), not yet started."""
+def helios(setup: ModelSetup, workdir: str, extra_args: Sequence[str] = ()) -> Server:
+    """helios_raw serving ``setup`` (access log off, plus ``extra_args``), not yet started."""
     port = free_port()
     config = os.path.join(workdir, "helios.toml")
     with open(config, "w") as out:
@@ -245,6 +245,7 @@ def helios(setup: ModelSetup, workdir: str) -> Server:
             "--threads", str(setup.threads), "--no-access-log", "--log-level", "warning"]
     if setup.chat_format:
         args += ["--chat-format", setup.chat_format]
+    args += list(extra_args)
     env = dict(os.environ, PYTHONPATH=_project_path())
     return Server("helios_raw", _launch("helios_raw", args, setup), port, "/health", _helios_ready, env=env)
 
