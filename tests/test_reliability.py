@@ -37,7 +37,7 @@ def test_every_fuzzed_request_gets_a_well_formed_answer_and_no_undocumented_5xx(
     assert not failures, [(f["signature"], f["request"][:300]) for f in failures]
     # The run covered every family and both accepting and refusing answers.
     assert set(fuzzed["by_family"]) >= {"request_line", "headers", "framing", "routes", "pipeline",
-                                         "chat_fields", "schemas", "unicode", "nesting", "json_bytes"}
+                                         "chat_fields", "schemas", "unicode", "nesting", "json_bytes", "abandon"}
     assert fuzzed["statuses"].get("200", 0) > 0 and fuzzed["statuses"].get("400", 0) > 0
 
 

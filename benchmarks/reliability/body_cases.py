@@ -283,6 +283,23 @@ def chunked_chat(rng: random.Random) -> Case:
     return Case("", head + chunk(body, rng.choice((1, 3, 17, 100))), "POST")
 
 
+def abandon(rng: random.Random) -> Case:
+    """A chat request (streamed or not, sometimes with a schema, logprobs or a long answer), or a
+    pipelined pair, dropped by the client at a random moment: races between a client leaving and
+    the work it asked for."""
+    body = base_body(rng)
+    body["max_tokens"] = rng.choice((1, 8, 64, 512))
+    extra = rng.randrange(4)
+    if extra == 0:
+        body["response_format"] = response_format(rng)
+    elif extra == 1:
+        body.update(logprobs=True, top_logprobs=rng.randrange(0, 6))
+    data = post_json(PATH, json.dumps(body).encode())
+    if rng.random() < 0.2:
+        data += post_json(PATH, json.dumps(base_body(rng)).encode())
+    return Case("", data, "POST", abandon_after=rng.choice((0.0, 0.001, 0.01, 0.05, 0.2)))
+
+
 def known_tool_choice(rng: random.Random) -> Case:
     """A ``tool_choice`` object whose ``function`` is not an object."""
     body = base_body(rng)
@@ -314,6 +331,7 @@ FAMILIES = [
     Family("nesting", nesting, 4, model=True),
     Family("json_bytes", json_bytes, 8, model=True),
     Family("chunked_chat", chunked_chat, 3, model=True),
+    Family("abandon", abandon, 5, model=True),
     Family("known_tool_choice", known_tool_choice, 2, model=True,
            known="500 (AttributeError in _tool_choice) for a tool_choice whose 'function' is not an object"),
     Family("known_huge_bounds", known_huge_bounds, 1, model=True,

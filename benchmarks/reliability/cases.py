@@ -25,7 +25,9 @@ class Case:
     method: str = "GET"
     complete: bool = True
     half_close: bool = False
-    note: str = ""
+    #: Seconds after sending at which the client drops the connection without reading (None:
+    #: it reads the answer).
+    abandon_after: Optional[float] = None
 
 
 def request(method: str, target: str, headers: Optional[list] = None, body: Optional[bytes] = None,

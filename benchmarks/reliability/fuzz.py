@@ -122,8 +122,7 @@ class Fuzzer:
                 continue
             await self.up.wait()
             self.recent.append((time.time(), case))
-            reply = await wire.exchange(self.target.port, case.data, case.method,
-                                        ANSWER_TIMEOUT if case.complete else INCOMPLETE_TIMEOUT, case.half_close)
+            reply = await _send(self.target.port, case)
             self.result.sent += 1
             self.result.by_family[case.family] += 1
             self.result.outcomes[reply.outcome] += 1
@@ -192,9 +191,7 @@ class Fuzzer:
         probe.start()
         try:
             for case in reversed(window[-400:]):  # the latest first: the likeliest culprits
-                reply = asyncio.run(wire.exchange(probe.port, case.data, case.method,
-                                                  ANSWER_TIMEOUT if case.complete else INCOMPLETE_TIMEOUT,
-                                                  case.half_close))
+                reply = asyncio.run(_send(probe.port, case))
                 time.sleep(0.05)
                 alarms = probe.read_log()
                 if symptom == "crash" and not probe.alive():
@@ -205,6 +202,11 @@ class Fuzzer:
             return None, None
         finally:
             probe.stop()
+
+
+async def _send(port: int, case: cases.Case) -> wire.Reply:
+    return await wire.exchange(port, case.data, case.method, ANSWER_TIMEOUT if case.complete else INCOMPLETE_TIMEOUT,
+                               case.half_close, abandon_after=case.abandon_after)
 
 
 def run(target: Target, seed: int, count: int, workers: int = 16, include_known: bool = False,

@@ -41,14 +41,16 @@ def markdown(report: dict) -> str:
         "",
         "## Slow clients",
         "",
-        "| scenario | clients | passed | server dropped them after (s) | their answers | /health during (ok / failed, worst ms) |",
+        "| scenario | clients | passed | server dropped them after (s) | their answers | "
+        "/health meanwhile (ok / refused 503 / failed, worst ms) |",
         "|---|---:|:-:|---:|---|---|",
     ]
     for s in report.get("slow", []):
         answers = ", ".join(f"{k}: {v}" for k, v in s.get("answers", {}).items())
         passed = "yes" if s["passed"] else ("no (known bug)" if s.get("known") else "**no**")
         lines.append(f"| {s['name']} | {s['clients']} | {passed} | "
-                     f"{_fmt(s.get('dropped_after_s'), 2)} | {answers} | {s['health_ok']} / {s['health_failed']}, "
+                     f"{_fmt(s.get('dropped_after_s'), 2)} | {answers} | {s['health_ok']} / {s['health_refused']} / "
+                     f"{s['health_failed']}, "
                      f"{_fmt(s.get('health_worst_ms'))} |")
     base, after = soaked.get("baseline", {}), soaked.get("after", {})
     lines += [

@@ -32,7 +32,8 @@ from benchmarks.reliability import fuzz, results, slow, soak  # noqa: E402
 from benchmarks.reliability.target import Settings, Target  # noqa: E402
 
 #: Short server timeouts so the slow-client scenarios of a short run end in seconds.
-SHORT_LIMITS = {"head_timeout": 2.0, "body_idle_timeout": 2.0, "keepalive_timeout": 2.0, "write_timeout": 3.0}
+SHORT_LIMITS = {"head_timeout": 2.0, "body_idle_timeout": 2.0, "keepalive_timeout": 2.0, "write_timeout": 3.0,
+                "max_connections": 200}
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """Clients that are slow on purpose: a head sent a byte at a time (slowloris), a body sent a byte
-at a time and then abandoned, and clients that ask for large answers and never read them.
+at a time and then abandoned, clients that ask for large answers and never read them, and more
+connections than the server takes, all idle.
 
 Each scenario opens its connections, keeps them misbehaving for a bounded time, and meanwhile
 asks ``/health`` on a fresh connection every half second: the server must keep answering. Then
@@ -26,6 +27,7 @@ class SlowResult:
     name: str
     clients: int
     health_ok: int = 0
+    health_refused: int = 0
     health_failed: int = 0
     health_worst_ms: float = 0.0
     answers: dict = field(default_factory=dict)  # what the slow clients got back: status or "closed"
@@ -74,6 +76,8 @@ async def _health_probe(target: Target, result: SlowResult, stop: asyncio.Event)
         if reply.status == 200:
             result.health_ok += 1
             result.health_worst_ms = max(result.health_worst_ms, reply.seconds * 1e3)
+        elif reply.status == 503 and b"too_many_connections" in reply.body:
+            result.health_refused += 1  # documented while every connection slot is taken
         else:
             result.health_failed += 1
         try:
@@ -199,10 +203,34 @@ def never_reading(target: Target, clients: int, limits: dict, pipelined: int = 1
     return result
 
 
+def flood(target: Target, limits: dict, extra: int = 50, margin: float = 20.0) -> SlowResult:
+    """``max_connections + extra`` connections opened at once that send nothing: the server must
+    refuse or close the excess (503 ``too_many_connections`` is documented), and drop the rest
+    once they have been idle for ``keepalive_timeout``."""
+    count = int(limits.get("max_connections", 1024)) + extra
+    result = SlowResult("connection flood", count)
+
+    def open_clients() -> list:
+        socks = []
+        for _ in range(count):
+            try:
+                socks.append(_socket(target.port))
+            except OSError:
+                break
+        return socks
+
+    async def misbehave(socks) -> None:
+        await asyncio.sleep(1.0)
+
+    limit = limits.get("keepalive_timeout", 5.0) + limits.get("head_timeout", 10.0) + margin
+    asyncio.run(_scenario(target, result, open_clients, misbehave, limit))
+    return result
+
+
 def run_all(target: Target, clients: int, limits: dict, include_known: bool = False) -> list:
     """Every scenario, in turn; with ``include_known`` also those showing known bugs."""
     done = [slowloris(target, clients, limits), slow_body(target, clients, limits),
-            never_reading(target, clients, limits)]
+            never_reading(target, clients, limits), flood(target, limits)]
     if include_known:
         done.append(never_reading(target, clients, limits, pipelined=8))
     return done

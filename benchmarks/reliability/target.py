@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -59,13 +60,16 @@ LARGE_RESPONSE_BYTES = 1 << 20
 
 @dataclass
 class Settings:
-    """How the target is started. ``limits`` become ``[server.limits]``."""
+    """How the target is started. ``limits`` become ``[server.limits]``. ``memory_limit`` caps
+    the process's address space (RLIMIT_AS), so that a request that makes it allocate without
+    bound fails there instead of exhausting the machine."""
 
     model: bool = True
     limits: dict = field(default_factory=dict)
     max_queue: int = 64
     max_tokens: int = 32
     access_log: bool = True
+    memory_limit: int = 4 << 30
 
 
 @dataclass
@@ -127,8 +131,13 @@ class Target:
         env = dict(os.environ, PYTHONPATH=ROOT + (os.pathsep + os.environ["PYTHONPATH"]
                                                   if os.environ.get("PYTHONPATH") else ""),
                    PYTHONFAULTHANDLER="1")
+        limit = self.settings.memory_limit
+
+        def cap_memory() -> None:
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
         self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                        env=env, cwd=self.workdir, start_new_session=True)
+                                        env=env, cwd=self.workdir, start_new_session=True, preexec_fn=cap_memory)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -189,6 +198,17 @@ class Target:
             with open(f"/proc/{self.process.pid}/status") as status:
                 for line in status:
                     if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) / 1024
+        except (OSError, AttributeError):
+            return None
+        return None
+
+    def vm_size_mib(self) -> Optional[float]:
+        """The address space in use (VmSize), to compare with ``memory_limit``."""
+        try:
+            with open(f"/proc/{self.process.pid}/status") as status:
+                for line in status:
+                    if line.startswith("VmSize:"):
                         return int(line.split()[1]) / 1024
         except (OSError, AttributeError):
             return None

@@ -29,7 +29,8 @@ DOCUMENTED_5XX = {
 @dataclass
 class Reply:
     """What the client saw. ``outcome``: "response", "closed" (no response before the server
-    closed), "reset", "timeout" (nothing complete in time) or "malformed" (h11 refused it)."""
+    closed), "reset", "timeout" (nothing complete in time), "malformed" (h11 refused it) or
+    "abandoned" (the client left on purpose)."""
 
     outcome: str
     status: Optional[int] = None
@@ -40,10 +41,12 @@ class Reply:
 
 
 async def exchange(port: int, data: bytes, method: str = "GET", timeout: float = 10.0,
-                   half_close: bool = False, rcvbuf: Optional[int] = None) -> Reply:
+                   half_close: bool = False, rcvbuf: Optional[int] = None,
+                   abandon_after: Optional[float] = None) -> Reply:
     """Send ``data`` on a new connection and read one response. ``method`` tells the parser
     whether the answer has a body (HEAD); ``half_close`` shuts our side for writing after
-    sending (an end of input in the middle of a request)."""
+    sending (an end of input in the middle of a request); ``abandon_after`` drops the connection
+    that many seconds after sending, whatever has arrived (outcome "abandoned")."""
     started = time.monotonic()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     if rcvbuf:
@@ -57,7 +60,12 @@ async def exchange(port: int, data: bytes, method: str = "GET", timeout: float =
         sock.close()
         return Reply("reset", detail=f"connect: {type(exc).__name__}: {exc}", seconds=time.monotonic() - started)
     try:
-        reply = await asyncio.wait_for(_talk(reader, writer, data, method, half_close), timeout)
+        if abandon_after is not None:
+            writer.write(data)
+            await asyncio.sleep(abandon_after)
+            reply = Reply("abandoned")
+        else:
+            reply = await asyncio.wait_for(_talk(reader, writer, data, method, half_close), timeout)
     except asyncio.TimeoutError:
         reply = Reply("timeout")
     except (ConnectionResetError, BrokenPipeError) as exc:
@@ -112,6 +120,8 @@ def judge(reply: Reply, expect_response: bool) -> Optional[str]:
     was complete and well framed (``expect_response``)."""
     if reply.outcome == "malformed":
         return f"malformed response: {reply.detail}"
+    if reply.outcome == "abandoned":
+        return None
     if reply.outcome in ("closed", "reset", "timeout"):
         return f"no response ({reply.outcome})" if expect_response else None
     status = reply.status
