@@ -8,7 +8,7 @@ import json
 import os
 from typing import Optional
 
-from benchmarks.report import median, percentile
+from benchmarks.report import median, number, percentile
 
 HELIOS, LLAMA_SERVER, PEER = "helios_raw", "llama-server", "llama_cpp.server"
 COLUMNS = (HELIOS, LLAMA_SERVER, PEER)
@@ -113,17 +113,7 @@ def build_rows(m: dict, slots: int) -> list:
 
 
 def _number(value) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, str):
-        return value
-    if abs(value) >= 1000:
-        return f"{value:,.0f}"
-    if abs(value) >= 100:
-        return f"{value:.0f}"
-    if abs(value) >= 10:
-        return f"{value:.1f}"
-    return f"{value:.2f}"
+    return value if isinstance(value, str) else number(value)
 
 
 def _ratio(a, b) -> str:

@@ -14,6 +14,7 @@ from benchmarks.reliability.cases import (
     Case,
     Family,
     chunk,
+    pick,
     post_json,
     request,
 )
@@ -37,46 +38,43 @@ TEXTS = ("hello world", "", " ", "café 日本語 😀", "\u202eevil\u202c", "a\
          "\\u0000", "%s%n%x", "word " * 400)
 
 
-def _pick(rng: random.Random, values):
-    return values[rng.randrange(len(values))]
-
 
 def _text(rng: random.Random) -> str:
-    return _pick(rng, TEXTS)
+    return pick(rng, TEXTS)
 
 
 def _message(rng: random.Random) -> Any:
     kind = rng.randrange(12)
-    role = _pick(rng, ROLES[:6]) if kind < 9 else _pick(rng, ROLES)
+    role = pick(rng, ROLES[:6]) if kind < 9 else pick(rng, ROLES)
     message: dict = {"role": role, "content": _text(rng)}
     if kind == 0:
         message["content"] = [{"type": "text", "text": _text(rng)} for _ in range(rng.randrange(0, 4))]
     elif kind == 1:
-        message["content"] = [_pick(rng, ({"type": "image_url", "image_url": {"url": "data:,x"}}, {"type": "text"},
+        message["content"] = [pick(rng, ({"type": "image_url", "image_url": {"url": "data:,x"}}, {"type": "text"},
                                           {"type": "refusal", "refusal": "no"}, {"type": 5}, {}, "text", None,
                                           {"type": "input_audio", "input_audio": {}}))]
     elif kind == 2:
-        message.update(role="assistant", content=_pick(rng, (None, "", "ok")), tool_calls=_pick(rng, (
+        message.update(role="assistant", content=pick(rng, (None, "", "ok")), tool_calls=pick(rng, (
             [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
             [{"id": "c1", "function": {"name": "f", "arguments": "{not json"}}], [{}], [None], "x", [],
             [{"id": 1, "function": {"name": 2}}], [{"function": {"name": "f", "arguments": {"a": 1}}}])))
     elif kind == 3:
-        message.update(role="tool", tool_call_id=_pick(rng, ("c1", None, 5, "")))
+        message.update(role="tool", tool_call_id=pick(rng, ("c1", None, 5, "")))
     elif kind == 4:
-        message["name"] = _pick(rng, ("bob", "", 5, None, "x" * 500))
+        message["name"] = pick(rng, ("bob", "", 5, None, "x" * 500))
     elif kind == 5:
         del message["content"]
     elif kind == 6:
-        message["content"] = _pick(rng, ODD_VALUES)
+        message["content"] = pick(rng, ODD_VALUES)
     elif kind == 7:
-        message = _pick(rng, (None, "user: hi", [], 1, {"content": "no role"}))
+        message = pick(rng, (None, "user: hi", [], 1, {"content": "no role"}))
     elif kind == 8:
-        message["function_call"] = _pick(rng, ({"name": "f", "arguments": "{}"}, "x", None))
+        message["function_call"] = pick(rng, ({"name": "f", "arguments": "{}"}, "x", None))
     return message
 
 
 def base_body(rng: random.Random) -> dict:
-    body = {"model": _pick(rng, ("tiny", "tiny", "gpt-4o", "")), "messages": [{"role": "user", "content": "hello"}],
+    body = {"model": pick(rng, ("tiny", "tiny", "gpt-4o", "")), "messages": [{"role": "user", "content": "hello"}],
             "max_tokens": rng.choice((1, 2, 4, 8, 16)), "temperature": rng.choice((0, 0.7, 1.0))}
     if rng.random() < 0.3:
         body["stream"] = True
@@ -92,43 +90,43 @@ def _tool(rng: random.Random) -> Any:
                                                  "parameters": {"type": "object", "properties": {
                                                      "city": {"type": "string"}}, "required": ["city"]}}}
     if kind == 1:
-        return {"type": "function", "function": {"name": _pick(rng, ("f", "", "a b", "é", "x" * 300))}}
+        return {"type": "function", "function": {"name": pick(rng, ("f", "", "a b", "é", "x" * 300))}}
     if kind == 2:
         return {"type": "function", "function": {"name": "g", "parameters": schema(rng, 3)}}
     if kind == 3:
-        return {"type": _pick(rng, ("function", "code_interpreter", None)), "function": _pick(rng, ODD_VALUES)}
+        return {"type": pick(rng, ("function", "code_interpreter", None)), "function": pick(rng, ODD_VALUES)}
     if kind == 4:
-        return _pick(rng, ODD_VALUES)
-    return {"type": "function", "function": {"name": "h", "parameters": _pick(rng, ODD_VALUES)}}
+        return pick(rng, ODD_VALUES)
+    return {"type": "function", "function": {"name": "h", "parameters": pick(rng, ODD_VALUES)}}
 
 
 def chat_fields(rng: random.Random) -> Case:
     """A valid body with one to three fields set to odd values of any type."""
     body = base_body(rng)
     for _ in range(rng.randrange(1, 4)):
-        name = _pick(rng, FIELDS)
+        name = pick(rng, FIELDS)
         kind = rng.randrange(10)
         if name == "messages" and kind < 6:
             body[name] = [_message(rng) for _ in range(rng.choice((0, 1, 1, 2, 3, 8)))]
         elif name == "tools" and kind < 6:
             body[name] = [_tool(rng) for _ in range(rng.randrange(0, 4))]
-            body["tool_choice"] = _pick(rng, ("auto", "none", "required", {"type": "function", "function": {
+            body["tool_choice"] = pick(rng, ("auto", "none", "required", {"type": "function", "function": {
                 "name": "get_weather"}}, {"function": {"name": 5}}, {"function": {}}, None))
         elif name == "tool_choice" and kind < 6:
-            body[name] = _pick(rng, ("auto", "none", "required", "any", {"type": "function"}, {"function": {}},
+            body[name] = pick(rng, ("auto", "none", "required", "any", {"type": "function"}, {"function": {}},
                                      {"type": "function", "function": {"name": "f"}}))
         elif name == "logit_bias" and kind < 6:
-            body[name] = {_pick(rng, ("1", "-1", "99999999999", "abc", "1.5", "", "600", "0x10")):
-                          _pick(rng, (1, -100, 100, 101, "1", None, 1e300, -1e300)) for _ in range(rng.randrange(1, 4))}
+            body[name] = {pick(rng, ("1", "-1", "99999999999", "abc", "1.5", "", "600", "0x10")):
+                          pick(rng, (1, -100, 100, 101, "1", None, 1e300, -1e300)) for _ in range(rng.randrange(1, 4))}
         elif name == "stop" and kind < 6:
-            body[name] = _pick(rng, ("", "\n", ["a", "b", "c", "d", "e"], ["", ""], ["x" * 5000], [1], "😀"))
+            body[name] = pick(rng, ("", "\n", ["a", "b", "c", "d", "e"], ["", ""], ["x" * 5000], [1], "😀"))
         elif name == "response_format" and kind < 6:
             body[name] = response_format(rng)
         elif name == "stream_options" and kind < 6:
             body["stream"] = True
-            body[name] = _pick(rng, ({"include_usage": True}, {"include_usage": "yes"}, {}, [], None))
+            body[name] = pick(rng, ({"include_usage": True}, {"include_usage": "yes"}, {}, [], None))
         else:
-            body[name] = _pick(rng, ODD_VALUES)
+            body[name] = pick(rng, ODD_VALUES)
     return Case("", post_json(PATH, json.dumps(body).encode()), "POST")
 
 
@@ -140,11 +138,11 @@ def response_format(rng: random.Random) -> Any:
     if kind == 4:
         return {"type": "json_object"}
     if kind == 5:
-        return {"type": "json_schema", "json_schema": _pick(rng, ({"name": "x"}, {"schema": {}}, {"name": 5},
+        return {"type": "json_schema", "json_schema": pick(rng, ({"name": "x"}, {"schema": {}}, {"name": 5},
                                                                   {"name": "x", "schema": []}, None, "x"))}
     if kind == 6:
-        return {"type": _pick(rng, ("text", "xml", None, 5, "json_schema"))}
-    return _pick(rng, ODD_VALUES)
+        return {"type": pick(rng, ("text", "xml", None, 5, "json_schema"))}
+    return pick(rng, ODD_VALUES)
 
 
 PATTERNS = ("^[a-z]+$", "[0-9]{3}-[0-9]{4}", "(", "\\", "[z-a]", "a{2,1}", "(?P<x>a)", "\\d+\\.\\d+", ".*",
@@ -158,34 +156,34 @@ def schema(rng: random.Random, depth: int, bounds: int = 16) -> Any:
         if leaf == 0:
             return {"type": "string", "minLength": rng.randrange(0, 4), "maxLength": rng.randrange(0, bounds + 1)}
         if leaf == 1:
-            return {"type": "string", "pattern": _pick(rng, PATTERNS)}
+            return {"type": "string", "pattern": pick(rng, PATTERNS)}
         if leaf == 2:
-            return {"type": _pick(rng, ("integer", "number", "boolean", "null"))}
+            return {"type": pick(rng, ("integer", "number", "boolean", "null"))}
         if leaf == 3:
-            return {"enum": [_pick(rng, ("a", 1, None, True, 2.5, [1], {"k": "v"}, "é")) for _ in range(rng.randrange(0, 4))]}
+            return {"enum": [pick(rng, ("a", 1, None, True, 2.5, [1], {"k": "v"}, "é")) for _ in range(rng.randrange(0, 4))]}
         if leaf == 4:
-            return {"const": _pick(rng, ("a", 0, None, {"x": [1]}, ""))}
+            return {"const": pick(rng, ("a", 0, None, {"x": [1]}, ""))}
         if leaf == 5:
-            return {"type": "string", "format": _pick(rng, ("date", "time", "date-time", "uuid", "email", "uri", "x"))}
+            return {"type": "string", "format": pick(rng, ("date", "time", "date-time", "uuid", "email", "uri", "x"))}
         if leaf == 6:
             return {"type": ["string", "null"]}
         if leaf == 7:
-            return _pick(rng, (True, False, {}, {"type": "unknown"}, {"type": 5}, {"$ref": "#/$defs/missing"},
+            return pick(rng, (True, False, {}, {"type": "unknown"}, {"type": 5}, {"$ref": "#/$defs/missing"},
                                {"$ref": "http://x/y"}, {"$ref": "#"}))
         if leaf == 8:
-            return {_pick(rng, ("minimum", "not", "uniqueItems", "if", "propertyNames", "contains")): 1,
+            return {pick(rng, ("minimum", "not", "uniqueItems", "if", "propertyNames", "contains")): 1,
                     "type": "integer"}
         if leaf == 9:
             return {"type": "integer", "minimum": rng.randrange(-5, 5)}
         return {"type": "string", "maxLength": 0}
     node = rng.randrange(7)
     if node < 3:
-        names = [_pick(rng, ("a", "b", "name", "", "é", "a b", "$ref", "type", "x" * 100)) for _ in range(rng.randrange(0, 5))]
+        names = [pick(rng, ("a", "b", "name", "", "é", "a b", "$ref", "type", "x" * 100)) for _ in range(rng.randrange(0, 5))]
         out = {"type": "object", "properties": {n: schema(rng, depth - 1, bounds) for n in names}}
         if names and rng.random() < 0.7:
             out["required"] = rng.sample(names, rng.randrange(0, len(names) + 1)) + (["missing"] if rng.random() < 0.1 else [])
         if rng.random() < 0.5:
-            out["additionalProperties"] = _pick(rng, (False, True, {"type": "integer"}))
+            out["additionalProperties"] = pick(rng, (False, True, {"type": "integer"}))
         return out
     if node == 3:
         low = rng.randrange(0, 4)
@@ -194,7 +192,7 @@ def schema(rng: random.Random, depth: int, bounds: int = 16) -> Any:
     if node == 4:
         return {"type": "array", "prefixItems": [schema(rng, depth - 1, bounds) for _ in range(rng.randrange(0, 3))]}
     if node == 5:
-        return {_pick(rng, ("anyOf", "oneOf", "allOf")): [schema(rng, depth - 1, bounds) for _ in range(rng.randrange(0, 4))]}
+        return {pick(rng, ("anyOf", "oneOf", "allOf")): [schema(rng, depth - 1, bounds) for _ in range(rng.randrange(0, 4))]}
     return {"$defs": {"d": schema(rng, depth - 1, bounds)}, "$ref": "#/$defs/d"}
 
 
@@ -206,7 +204,7 @@ def schemas(rng: random.Random) -> Case:
 
 def unicode(rng: random.Random) -> Case:
     body = base_body(rng)
-    text = "".join(_pick(rng, ("a", "é", "日本", "😀", "\u200b", "\u202e", "\ufffd", "\U000e0001", "\u0301",
+    text = "".join(pick(rng, ("a", "é", "日本", "😀", "\u200b", "\u202e", "\ufffd", "\U000e0001", "\u0301",
                                "\x7f", "\t", "\\", '"', "\u2028")) for _ in range(rng.randrange(1, 200)))
     target = rng.randrange(4)
     if target == 0:
@@ -219,7 +217,7 @@ def unicode(rng: random.Random) -> Case:
         body[text[:20]] = text
     data = json.dumps(body, ensure_ascii=rng.random() < 0.5).encode("utf-8", "surrogatepass")
     if rng.random() < 0.3:  # raw bytes that are not valid UTF-8 inside the content string
-        bad = _pick(rng, (b"\xff", b"\xc0\x80", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xe2\x82", b"\x00"))
+        bad = pick(rng, (b"\xff", b"\xc0\x80", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xe2\x82", b"\x00"))
         data = data.replace(b'"hello"', b'"hel' + bad + b'lo"', 1)
     return Case("", post_json(PATH, data), "POST")
 
@@ -228,7 +226,7 @@ def nesting(rng: random.Random, depth: int = 0) -> Case:
     """JSON nested ``depth`` levels (default: 1 to 40) in a field, the content, the whole body, or
     a schema."""
     depth = depth or rng.randrange(1, 41)
-    opener, closer = _pick(rng, (("[", "]"), ('{"a":', "}")))
+    opener, closer = pick(rng, (("[", "]"), ('{"a":', "}")))
     nested = opener * depth + "1" + closer * depth
     place = rng.randrange(4)
     body = json.dumps(base_body(rng))
@@ -258,7 +256,7 @@ def json_bytes(rng: random.Random) -> Case:
     elif kind == 3:
         del data[rng.randrange(len(data))]
     elif kind == 4:
-        data = bytearray(_pick(rng, (b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"},]}',
+        data = bytearray(pick(rng, (b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"},]}',
                                      b'{"model": "tiny", /* c */ "messages": []}', b"{'model': 'tiny'}",
                                      b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "temperature": NaN}',
                                      b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": Infinity}',
@@ -305,13 +303,13 @@ def known_tool_choice(rng: random.Random) -> Case:
     body = base_body(rng)
     if rng.random() < 0.5:
         body["tools"] = [_tool(rng)]
-    body["tool_choice"] = {"type": "function", "function": _pick(rng, ("f", None, [], 1, True, ["f"]))}
+    body["tool_choice"] = {"type": "function", "function": pick(rng, ("f", None, [], 1, True, ["f"]))}
     return Case("", post_json(PATH, json.dumps(body).encode()), "POST")
 
 
 def known_huge_bounds(rng: random.Random) -> Case:
     """A json_schema with a huge maxLength / maxItems."""
-    key = _pick(rng, ("maxLength", "maxItems"))
+    key = pick(rng, ("maxLength", "maxItems"))
     inner = {"type": "string", key: rng.choice((10**6, 10**9, 2**31))} if key == "maxLength" else \
         {"type": "array", "items": {"type": "integer"}, key: rng.choice((10**6, 10**9, 2**31))}
     body = base_body(rng)

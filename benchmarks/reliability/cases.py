@@ -57,6 +57,11 @@ def chunk(body: bytes, size: int = 0) -> bytes:
 JSON_HEADERS = [(b"Content-Type", b"application/json")]
 
 
+def pick(rng: random.Random, values):
+    """One of ``values`` (a sequence), drawn from ``rng``."""
+    return values[rng.randrange(len(values))]
+
+
 def post_json(path: str, body: bytes, extra: Optional[list] = None) -> bytes:
     return request("POST", path, JSON_HEADERS + list(extra or []), body)
 

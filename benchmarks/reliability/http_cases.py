@@ -14,6 +14,7 @@ from benchmarks.reliability.cases import (
     Case,
     Family,
     chunk,
+    pick,
     post_json,
     request,
 )
@@ -33,14 +34,11 @@ VERSIONS = ("HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/0.9", "HTTP/1.2", "HTTP/1"
             "HTTP/11", "", "HTTP/1.1\r", "HTTP/9.9")
 
 
-def _pick(rng: random.Random, values):
-    return values[rng.randrange(len(values))]
-
 
 def request_line(rng: random.Random) -> Case:
-    method, target, version = _pick(rng, METHODS), _pick(rng, TARGETS), _pick(rng, VERSIONS)
-    sep = _pick(rng, (" ", " ", " ", "  ", "\t", "\x0b"))
-    end = _pick(rng, ("\r\n", "\r\n", "\n", "\r"))
+    method, target, version = pick(rng, METHODS), pick(rng, TARGETS), pick(rng, VERSIONS)
+    sep = pick(rng, (" ", " ", " ", "  ", "\t", "\x0b"))
+    end = pick(rng, ("\r\n", "\r\n", "\n", "\r"))
     line = f"{method}{sep}{target}{sep}{version}".encode("utf-8", "surrogateescape")
     data = line + end.encode() + b"Host: x" + end.encode() + end.encode()
     if rng.random() < 0.2:  # raw bytes that are not UTF-8 in the target
@@ -63,17 +61,17 @@ HEADER_VALUES = (b"", b"close", b"keep-alive", b"100-continue", b"application/js
 
 
 def headers(rng: random.Random) -> Case:
-    route = _pick(rng, ROUTES + ("/v1/chat/completions",))
-    method = "POST" if route == "/v1/chat/completions" else _pick(rng, ("GET", "GET", "HEAD", "OPTIONS", "POST"))
+    route = pick(rng, ROUTES + ("/v1/chat/completions",))
+    method = "POST" if route == "/v1/chat/completions" else pick(rng, ("GET", "GET", "HEAD", "OPTIONS", "POST"))
     extra, weird = [], False
     for _ in range(rng.randrange(1, 4)):
         kind = rng.randrange(10)
         if kind < 5:
-            name, value = _pick(rng, HEADER_NAMES), _pick(rng, HEADER_VALUES)
+            name, value = pick(rng, HEADER_NAMES), pick(rng, HEADER_VALUES)
         elif kind == 5:
             name, value = b"X-" + bytes(rng.randrange(33, 127) for _ in range(rng.randrange(1, 30))), b"v"
         elif kind == 6:
-            name, value = _pick(rng, (b"Bad Name", b"Bad:Name", b"", b"\xc3\xa9", b"X\x00", b" Lead")), b"v"
+            name, value = pick(rng, (b"Bad Name", b"Bad:Name", b"", b"\xc3\xa9", b"X\x00", b" Lead")), b"v"
         elif kind == 7:
             name, value = b"X-Fold", b"a\r\n folded"
         elif kind == 8:
@@ -107,7 +105,7 @@ def framing(rng: random.Random) -> Case:
     elif kind == 3:  # both framings
         data = head + b"Content-Length: %d\r\nTransfer-Encoding: chunked\r\n\r\n" % len(body) + chunk(body)
     elif kind == 4:  # chunk sizes that are not hex, negative, huge, or with extensions
-        size = _pick(rng, (b"zz", b"-1", b"ffffffffffffffffffff", b"0x10", b"1;ext=1", b"1 ; a=\"b\"", b"", b" 5",
+        size = pick(rng, (b"zz", b"-1", b"ffffffffffffffffffff", b"0x10", b"1;ext=1", b"1 ; a=\"b\"", b"", b" 5",
                            b"7fffffffffffffff"))
         data = head + b"Transfer-Encoding: chunked\r\n\r\n" + size + b"\r\n" + body + b"\r\n0\r\n\r\n"
     elif kind == 5:  # the final chunk missing
@@ -119,10 +117,10 @@ def framing(rng: random.Random) -> Case:
         data = head + b"Transfer-Encoding: chunked\r\n\r\n" + chunk(body, 1)
         complete = True
     elif kind == 8:  # unknown or stacked codings
-        coding = _pick(rng, (b"gzip", b"gzip, chunked", b"chunked, gzip", b"identity", b"chunked, chunked", b"x"))
+        coding = pick(rng, (b"gzip", b"gzip, chunked", b"chunked, gzip", b"identity", b"chunked, chunked", b"x"))
         data = head + b"Transfer-Encoding: " + coding + b"\r\n\r\n" + chunk(body)
     elif kind == 9:  # a Content-Length that is not a number
-        value = _pick(rng, (b"-1", b"1e3", b"0x10", b"+5", b" 5", b"99999999999999999999999", b"", b"5, 5"))
+        value = pick(rng, (b"-1", b"1e3", b"0x10", b"+5", b" 5", b"99999999999999999999999", b"", b"5, 5"))
         data = head + b"Content-Length: " + value + b"\r\n\r\n" + body
     elif kind == 10:  # over the body limit, announced
         data = head + b"Content-Length: %d\r\n\r\n" % (rng.choice((17, 100, 2048)) << 20) + body
@@ -140,32 +138,32 @@ def framing(rng: random.Random) -> Case:
 def routes(rng: random.Random) -> Case:
     kind = rng.randrange(8)
     if kind == 0:
-        data = request(_pick(rng, ("GET", "HEAD")), _pick(rng, ROUTES))
+        data = request(pick(rng, ("GET", "HEAD")), pick(rng, ROUTES))
         return Case("", data, data.split(b" ", 1)[0].decode())
     if kind == 1:  # CORS preflight
-        data = request("OPTIONS", _pick(rng, ROUTES + ("/v1/chat/completions",)), [
-            (b"Origin", _pick(rng, (b"https://a.example", b"null", b"*", b"\xc3\xa9"))),
-            (b"Access-Control-Request-Method", _pick(rng, (b"POST", b"GET", b"BREW", b""))),
-            (b"Access-Control-Request-Headers", _pick(rng, (b"content-type", b"authorization, x-a", b"", b"\x01")))])
+        data = request("OPTIONS", pick(rng, ROUTES + ("/v1/chat/completions",)), [
+            (b"Origin", pick(rng, (b"https://a.example", b"null", b"*", b"\xc3\xa9"))),
+            (b"Access-Control-Request-Method", pick(rng, (b"POST", b"GET", b"BREW", b""))),
+            (b"Access-Control-Request-Headers", pick(rng, (b"content-type", b"authorization, x-a", b"", b"\x01")))])
         return Case("", data, "OPTIONS", complete=True)
     if kind == 2:  # a method the route does not have
-        data = request(_pick(rng, ("POST", "PUT", "DELETE", "PATCH")), _pick(rng, ROUTES), None, b"{}")
+        data = request(pick(rng, ("POST", "PUT", "DELETE", "PATCH")), pick(rng, ROUTES), None, b"{}")
         return Case("", data, "POST")
     if kind == 3:  # custom endpoints with bodies of every kind
-        body = _pick(rng, (b"", b"{}", b"[1,2]", b"null", b"not json", b"\xff\xfe", b'{"a":' * 20, b"1" * 5000))
-        path = _pick(rng, ("/api/echo", "/api/items/7/tags/x", "/api/items/%2F/tags/%00"))
+        body = pick(rng, (b"", b"{}", b"[1,2]", b"null", b"not json", b"\xff\xfe", b'{"a":' * 20, b"1" * 5000))
+        path = pick(rng, ("/api/echo", "/api/items/7/tags/x", "/api/items/%2F/tags/%00"))
         method = "POST" if path == "/api/echo" else "PUT"
-        ctype = _pick(rng, (b"application/json", b"text/plain", b"application/x-www-form-urlencoded"))
+        ctype = pick(rng, (b"application/json", b"text/plain", b"application/x-www-form-urlencoded"))
         return Case("", request(method, path, [(b"Content-Type", ctype)], body), method)
     if kind == 4:  # HTTP/1.0, with and without keep-alive
         extra = [(b"Connection", b"keep-alive")] if rng.random() < 0.5 else []
-        return Case("", request("GET", _pick(rng, ROUTES), extra, version="HTTP/1.0"), "GET")
+        return Case("", request("GET", pick(rng, ROUTES), extra, version="HTTP/1.0"), "GET")
     if kind == 5:  # unknown paths
         path = "/" + "/".join(rng.choice(("v1", "api", "x", "..", "%2e", "chat", "completions"))
                               for _ in range(rng.randrange(1, 6)))
         return Case("", request("GET", path), "GET")
     if kind == 6:  # chat on the wrong method or media type
-        media = _pick(rng, (b"text/plain", b"application/xml", b"multipart/form-data; boundary=x", b""))
+        media = pick(rng, (b"text/plain", b"application/xml", b"multipart/form-data; boundary=x", b""))
         return Case("", request("POST", "/v1/chat/completions", [(b"Content-Type", media)], SMALL_CHAT), "POST")
     return Case("", request("GET", "/v1/chat/completions"), "GET")
 
@@ -175,7 +173,7 @@ def pipeline(rng: random.Random) -> Case:
     for _ in range(rng.randrange(2, 6)):
         kind = rng.randrange(4)
         if kind == 0:
-            parts.append(request("GET", _pick(rng, ROUTES)))
+            parts.append(request("GET", pick(rng, ROUTES)))
         elif kind == 1:
             parts.append(post_json("/v1/chat/completions", SMALL_CHAT))
         elif kind == 2:

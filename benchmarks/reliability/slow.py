@@ -86,6 +86,11 @@ async def _health_probe(target: Target, result: SlowResult, stop: asyncio.Event)
             pass
 
 
+async def _wait(socks) -> None:
+    """Misbehaving by doing nothing: a second for the clients' requests to reach the server."""
+    await asyncio.sleep(1.0)
+
+
 async def _scenario(target: Target, result: SlowResult, open_clients, misbehave, limit_s: float) -> None:
     """Open the clients, misbehave, then wait up to ``limit_s`` for the server to drop them."""
     result.idle_fds = target.fd_count()
@@ -195,11 +200,8 @@ def never_reading(target: Target, clients: int, limits: dict, pipelined: int = 1
             socks.append(sock)
         return socks
 
-    async def misbehave(socks) -> None:
-        await asyncio.sleep(1.0)
-
     limit = limits.get("write_timeout", 60.0) + limits.get("keepalive_timeout", 5.0) + margin
-    asyncio.run(_scenario(target, result, open_clients, misbehave, limit))
+    asyncio.run(_scenario(target, result, open_clients, _wait, limit))
     return result
 
 
@@ -219,11 +221,8 @@ def flood(target: Target, limits: dict, extra: int = 50, margin: float = 20.0) -
                 break
         return socks
 
-    async def misbehave(socks) -> None:
-        await asyncio.sleep(1.0)
-
     limit = limits.get("keepalive_timeout", 5.0) + limits.get("head_timeout", 10.0) + margin
-    asyncio.run(_scenario(target, result, open_clients, misbehave, limit))
+    asyncio.run(_scenario(target, result, open_clients, _wait, limit))
     return result
 
 

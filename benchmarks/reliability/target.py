@@ -203,17 +203,6 @@ class Target:
             return None
         return None
 
-    def vm_size_mib(self) -> Optional[float]:
-        """The address space in use (VmSize), to compare with ``memory_limit``."""
-        try:
-            with open(f"/proc/{self.process.pid}/status") as status:
-                for line in status:
-                    if line.startswith("VmSize:"):
-                        return int(line.split()[1]) / 1024
-        except (OSError, AttributeError):
-            return None
-        return None
-
     def fd_count(self) -> Optional[int]:
         try:
             return len(os.listdir(f"/proc/{self.process.pid}/fd"))
