@@ -196,6 +196,50 @@ def schema(rng: random.Random, depth: int, bounds: int = 16) -> Any:
     return {"$defs": {"d": schema(rng, depth - 1, bounds)}, "$ref": "#/$defs/d"}
 
 
+def rich(rng: random.Random) -> Case:
+    """A valid request that goes deep: a conversation with tool calls and results, tools with a
+    forced or free choice, a schema, logprobs, stop sequences, logit bias, penalties, a seed,
+    streamed or not: every combination should be answered 200 (or a 400 naming what the local
+    model cannot do)."""
+    body = base_body(rng)
+    body["model"] = "tiny"
+    text = pick(rng, [t for t in TEXTS if t.isprintable() and t.strip()])
+    body["messages"] = [{"role": "system", "content": "be brief"}, {"role": "user", "content": text}]
+    if rng.random() < 0.4:
+        body["messages"] += [
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+            {"role": "user", "content": [{"type": "text", "text": "and tomorrow?"}]}]
+    options = {
+        "tools": lambda: [_tool(rng) if rng.random() < 0.3 else {"type": "function", "function": {
+            "name": "get_weather", "parameters": schema(rng, 2)}}],
+        "logprobs": lambda: True,
+        "stop": lambda: rng.sample(["\n", ".", " the", "😀", "x"], rng.randrange(1, 4)),
+        "logit_bias": lambda: {str(rng.randrange(0, 605)): rng.choice((-100, -1, 1, 100)) for _ in range(3)},
+        "presence_penalty": lambda: rng.uniform(-2, 2),
+        "frequency_penalty": lambda: rng.uniform(-2, 2),
+        "seed": lambda: rng.randrange(0, 2**32),
+        "top_p": lambda: rng.random(),
+        "top_k": lambda: rng.randrange(0, 100),
+        "min_p": lambda: rng.random(),
+        "repeat_penalty": lambda: rng.uniform(0, 2),
+        "response_format": lambda: {"type": "json_schema", "json_schema": {"name": "r", "schema": schema(rng, 3)}},
+        "max_tokens": lambda: rng.choice((1, 16, 64, 256)),
+        "user": lambda: "u-1",
+        "parallel_tool_calls": lambda: rng.random() < 0.5,
+    }
+    for name in rng.sample(sorted(options), rng.randrange(1, 7)):
+        body[name] = options[name]()
+    if "tools" in body:
+        body["tool_choice"] = pick(rng, ("auto", "none", "required", {"type": "function", "function": {
+            "name": body["tools"][0].get("function", {}).get("name", "get_weather") if isinstance(body["tools"][0], dict)
+            and isinstance(body["tools"][0].get("function"), dict) else "get_weather"}}))
+    if body.get("logprobs") and rng.random() < 0.7:
+        body["top_logprobs"] = rng.randrange(0, 21)
+    return Case("", post_json(PATH, json.dumps(body).encode()), "POST")
+
+
 def schemas(rng: random.Random) -> Case:
     body = base_body(rng)
     body["response_format"] = response_format(rng)
@@ -324,6 +368,7 @@ def known_deep_nesting(rng: random.Random) -> Case:
 
 FAMILIES = [
     Family("chat_fields", chat_fields, 20, model=True),
+    Family("rich", rich, 10, model=True),
     Family("schemas", schemas, 12, model=True),
     Family("unicode", unicode, 6, model=True),
     Family("nesting", nesting, 4, model=True),

@@ -61,6 +61,8 @@ class FuzzResult:
     by_family: collections.Counter = field(default_factory=collections.Counter)
     outcomes: collections.Counter = field(default_factory=collections.Counter)
     statuses: collections.Counter = field(default_factory=collections.Counter)
+    #: {family: {status or outcome: count}}
+    answers: dict = field(default_factory=lambda: collections.defaultdict(collections.Counter))
     findings: dict = field(default_factory=dict)
     crashes: int = 0
     alarms: int = 0
@@ -86,6 +88,7 @@ class FuzzResult:
     def to_dict(self) -> dict:
         return {"sent": self.sent, "seconds": round(self.seconds, 1), "crashes": self.crashes, "alarms": self.alarms,
                 "by_family": dict(self.by_family), "outcomes": dict(self.outcomes),
+                "answers_by_family": {k: dict(sorted(v.items())) for k, v in sorted(self.answers.items())},
                 "statuses": {str(k): v for k, v in sorted(self.statuses.items(), key=lambda kv: str(kv[0]))},
                 "disabled_families": self.disabled,
                 "findings": [f.to_dict() for f in self.findings.values()]}
@@ -128,6 +131,7 @@ class Fuzzer:
             self.result.outcomes[reply.outcome] += 1
             if reply.status is not None:
                 self.result.statuses[reply.status] += 1
+            self.result.answers[case.family][str(reply.status or reply.outcome)] += 1
             if not self.up.is_set():
                 continue  # the server died meanwhile: the crash is what is reported
             problem = wire.judge(reply, case.complete)

@@ -35,7 +35,14 @@ def markdown(report: dict) -> str:
         f"{fuzzed.get('crashes')}; log alarms: {fuzzed.get('alarms')}; families left out after repeated crashes: "
         f"{', '.join(fuzzed.get('disabled_families', [])) or 'none'}.",
         "",
-        f"- per family: {', '.join(f'{k}: {v:,}' for k, v in sorted(fuzzed.get('by_family', {}).items()))}",
+        "| family | requests | answers (status or outcome: count) |",
+        "|---|---:|---|",
+    ]
+    for family, answers in fuzzed.get("answers_by_family", {}).items():
+        lines.append(f"| {family} | {fuzzed.get('by_family', {}).get(family, 0):,} | "
+                     + ", ".join(f"{k}: {v:,}" for k, v in answers.items()) + " |")
+    lines += [
+        "",
         f"- outcomes: {outcomes}",
         f"- statuses: {statuses}",
         "",
