@@ -139,7 +139,7 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--fuzz", type=int, help="fuzzed requests (overrides the profile)")
     parser.add_argument("--soak", type=float, help="soak seconds (overrides the profile)")
     parser.add_argument("--include-known", action="store_true",
-                        help="also generate the requests of known bugs (huge maxLength/maxItems, deep nesting)")
+                        help="also send the requests of bugs already reported (always on with --long)")
     parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "results"),
                         help="where the long run writes reliability.{json,md}")
     args = parser.parse_args(argv)
@@ -148,7 +148,8 @@ def main(argv: Optional[list] = None) -> int:
         profile = replace(profile, fuzz_requests=args.fuzz)
     if args.soak is not None:
         profile = replace(profile, soak_seconds=args.soak)
-    report = run(profile, model=not args.no_model, seed=args.seed, include_known=args.include_known)
+    # The long run also sends the requests of known bugs, to show whether they still reproduce.
+    report = run(profile, model=not args.no_model, seed=args.seed, include_known=args.include_known or args.long)
     report["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     report["machine"] = {"cores": os.cpu_count(), "python": platform.python_version()}
     if args.long:
