@@ -25,6 +25,7 @@ from benchmarks.reliability.target import Target
 ANSWER_TIMEOUT = 60.0
 #: Seconds to wait on a request that leaves the server waiting for more input.
 INCOMPLETE_TIMEOUT = 1.0
+_ACCESS_500 = re.compile(r'helios_raw\.access: 127\.0\.0\.1:(\d+) - "[^"]*" 5\d\d ')
 
 
 @dataclass
@@ -38,21 +39,27 @@ class Finding:
     detail: str
     request: bytes
     count: int = 1
+    #: What tells two findings apart (see :func:`signature_of`).
+    signature: str = ""
 
-    @property
-    def signature(self) -> str:
-        """What tells two findings apart: a traceback's last frame and exception, else the detail."""
-        lines = [line.strip() for line in self.detail.splitlines() if line.strip()]
-        frames = [line for line in lines if line.startswith("File ")]
-        errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Exit|Interrupt)\b", line)]
-        if frames and errors:
-            return f"{frames[-1]} | {errors[0][:160]}"
-        return self.detail[:160]
+    def __post_init__(self) -> None:
+        self.signature = self.signature or signature_of(self.detail)
 
     def to_dict(self) -> dict:
         data = self.request if len(self.request) <= 4096 else self.request[:4096] + b"...(truncated)"
         return {"kind": self.kind, "family": self.family, "signature": self.signature, "detail": self.detail,
                 "count": self.count, "request": data.decode("latin-1")}
+
+
+def signature_of(detail: str) -> str:
+    """A traceback's last frame and exception class (not its message, which names values), or
+    the start of ``detail``."""
+    lines = [line.strip() for line in detail.splitlines() if line.strip()]
+    frames = [line for line in lines if line.startswith("File ")]
+    errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Exit|Interrupt)\b", line)]
+    if frames and errors:
+        return f"{frames[-1]} | {errors[0].split(':', 1)[0]}"
+    return detail[:160]
 
 
 @dataclass
@@ -102,7 +109,7 @@ class Fuzzer:
         self.result = FuzzResult()
         self.known = {f.name: f.known for f in cases.families(target.settings.model, True) if f.known}
         self.recent: collections.deque = collections.deque(maxlen=4096)  # (sent time, case)
-        self.errors: collections.deque = collections.deque(maxlen=64)  # (answer time, case) of 500s
+        self.by_port: collections.OrderedDict = collections.OrderedDict()  # our port -> case, recent ones
         self.up = asyncio.Event()
         self.crashes_by_family: collections.Counter = collections.Counter()
 
@@ -135,21 +142,27 @@ class Fuzzer:
             if not self.up.is_set():
                 continue  # the server died meanwhile: the crash is what is reported
             problem = wire.judge(reply, case.complete)
-            if problem and reply.outcome != "response" and not self.target.alive():
-                continue  # cut off by a crash, reported as such
-            if reply.status == 500:
-                self.errors.append((time.time(), case))
+            if reply.local_port:
+                self.by_port[reply.local_port] = case
+                if len(self.by_port) > 8192:
+                    self.by_port.popitem(last=False)
+            if problem and reply.outcome != "response":
+                # A crash closes the sockets a moment before the process can be seen dead.
+                await asyncio.sleep(0.5)
+                if not self.target.alive():
+                    continue
             if problem:
                 known = wire.known_issue(reply, case.half_close)
                 self.result.add(self._finding("response", case, known or problem, bool(known)))
 
-    def _finding(self, kind: str, case, detail: str, known: bool = False) -> Finding:
+    def _finding(self, kind: str, case, detail: str, known: bool = False, signature: str = "") -> Finding:
         """A finding, reported as known when the request comes from a known bug's family."""
+        signature = signature or signature_of(detail)
         if case is not None and case.family in self.known:
-            return Finding("known", case.family, f"{self.known[case.family]}: {detail}", case.data)
+            return Finding("known", case.family, detail, case.data, signature=f"{self.known[case.family]}: {signature}")
         if case is None:
-            return Finding(kind, "?", detail, b"")
-        return Finding("known" if known else kind, case.family, detail, case.data)
+            return Finding(kind, "?", detail, b"", signature=signature)
+        return Finding("known" if known else kind, case.family, detail, case.data, signature=signature)
 
     async def _watch(self) -> None:
         while True:
@@ -167,7 +180,7 @@ class Fuzzer:
             culprit, detail = await asyncio.get_running_loop().run_in_executor(None, self._triage, window, "crash")
             family = culprit.family if culprit else "?"
             self.result.add(self._finding("crash", culprit, detail or f"exit status {status}; log: "
-                                          f"{self.target.log_tail(12)}"))
+                                          f"{self.target.log_tail(12)}", signature=f"crash: exit status {status}"))
             self.crashes_by_family[family] += 1
             if culprit and self.crashes_by_family[family] >= self.max_crashes and family not in self.result.disabled:
                 self.result.disabled.append(family)
@@ -177,10 +190,11 @@ class Fuzzer:
             return
         for alarm in alarms:
             self.result.alarms += 1
-            answered_500 = [case for at, case in self.errors if at > alarm.at - 5.0]
-            if answered_500:  # a 500 logs its traceback: the request that got it is the culprit
-                culprit = answered_500[-1]
-            else:
+            # A traceback logged for a request is followed by its access log line, which names
+            # our port: the request sent from it is the culprit.
+            logged = _ACCESS_500.search(alarm.excerpt)
+            culprit = self.by_port.get(int(logged.group(1))) if logged else None
+            if culprit is None:
                 window = [case for at, case in self.recent if at > alarm.at - 5.0]
                 self.log(f"fuzz: the log shows {alarm.line[:100]!r}; triage of {len(window)} recent requests")
                 self.up.clear()
@@ -196,8 +210,8 @@ class Fuzzer:
         try:
             for case in reversed(window[-400:]):  # the latest first: the likeliest culprits
                 reply = asyncio.run(_send(probe.port, case))
-                time.sleep(0.05)
-                alarms = probe.read_log()
+                time.sleep(0.1)
+                alarms = probe.read_log(final=True)
                 if symptom == "crash" and not probe.alive():
                     return case, f"exit status {probe.exit_status()} after this request; log: {probe.log_tail(12)}"
                 if symptom == "alarm" and alarms:

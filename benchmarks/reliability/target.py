@@ -25,6 +25,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 LOG_ALARMS = ("Traceback", "Exception in callback", "Fatal Python error", "Task exception was never retrieved",
               "Segmentation fault")
 _LISTENING = re.compile(rb"listening on http://[^:\s]+:(\d+)")
+#: The first line of a log record (helios_raw's format starts each with the date).
+_RECORD = re.compile(rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 
 #: Custom endpoints every target serves (a static JSON answer each; one is large, for clients
 #: that never read).
@@ -89,6 +91,7 @@ class Target:
         self.log_path = ""
         self._log_offset = 0
         self._partial = b""
+        self._held_since = 0.0
         self.alarms: list[Alarm] = []
         self.starts = 0
         self.model_path = os.path.join(workdir, "tiny.gguf") if settings.model else None
@@ -126,7 +129,7 @@ class Target:
         argv = self._files()
         self.starts += 1
         self.log_path = os.path.join(self.workdir, f"{self.name}-{self.starts}.log")
-        self._log_offset, self._partial = 0, b""
+        self._log_offset, self._partial, self._held_since = 0, b"", 0.0
         log = open(self.log_path, "wb")
         env = dict(os.environ, PYTHONPATH=ROOT + (os.pathsep + os.environ["PYTHONPATH"]
                                                   if os.environ.get("PYTHONPATH") else ""),
@@ -184,7 +187,7 @@ class Target:
                 self.process.wait()
             except ProcessLookupError:
                 pass
-        self.read_log()
+        self.read_log(final=True)
         return self.process.returncode
 
     def restart(self) -> None:
@@ -209,8 +212,11 @@ class Target:
         except (OSError, AttributeError):
             return None
 
-    def read_log(self) -> list[Alarm]:
-        """New alarms since the last call (also kept in ``self.alarms``)."""
+    def read_log(self, final: bool = False) -> list[Alarm]:
+        """New alarms since the last call (also kept in ``self.alarms``). An alarm's excerpt runs
+        to the first log record after it (for a request, its access log line) or 40 lines; an
+        alarm whose excerpt is not yet complete in the file waits for the next call, up to a
+        second (``final`` takes what is there)."""
         try:
             with open(self.log_path, "rb") as f:
                 f.seek(self._log_offset)
@@ -218,18 +224,27 @@ class Target:
         except OSError:
             return []
         self._log_offset += len(data)
-        text = self._partial + data
-        lines = text.split(b"\n")
+        lines = (self._partial + data).split(b"\n")
         self._partial = lines.pop()
-        found, skip_until = [], -1
-        for index, line in enumerate(lines):
-            decoded = line.decode("utf-8", "replace")
-            if index > skip_until and any(alarm in decoded for alarm in LOG_ALARMS):
-                # One incident often has several alarm lines ("Exception in callback", then its
-                # "Traceback"): the excerpt covers them.
-                excerpt = b"\n".join(lines[index:index + 40]).decode("utf-8", "replace")
-                found.append(Alarm(time.time(), decoded, excerpt))
-                skip_until = index + 5
+        found, index = [], 0
+        while index < len(lines):
+            decoded = lines[index].decode("utf-8", "replace")
+            if not any(alarm in decoded for alarm in LOG_ALARMS):
+                index += 1
+                continue
+            end = index + 1
+            while end < len(lines) and end - index < 40 and not _RECORD.match(lines[end]):
+                end += 1
+            if end == len(lines) and not final:
+                self._held_since = self._held_since or time.monotonic()
+                if time.monotonic() - self._held_since < 1.0:
+                    # Not complete yet: keep it (and what follows) for the next call.
+                    self._partial = b"\n".join(lines[index:] + [self._partial])
+                    break
+            self._held_since = 0.0
+            excerpt = b"\n".join(lines[index:end + 1]).decode("utf-8", "replace")
+            found.append(Alarm(time.time(), decoded, excerpt))
+            index = end  # the record after the incident may itself be an alarm
         self.alarms.extend(found)
         return found
 

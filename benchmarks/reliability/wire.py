@@ -38,6 +38,8 @@ class Reply:
     body: bytes = b""
     detail: str = ""
     seconds: float = 0.0
+    #: Our end's port, which the server's access log names.
+    local_port: int = 0
 
 
 async def exchange(port: int, data: bytes, method: str = "GET", timeout: float = 10.0,
@@ -55,6 +57,7 @@ async def exchange(port: int, data: bytes, method: str = "GET", timeout: float =
     loop = asyncio.get_running_loop()
     try:
         await asyncio.wait_for(loop.sock_connect(sock, ("127.0.0.1", port)), timeout)
+        local_port = sock.getsockname()[1]
         reader, writer = await asyncio.open_connection(sock=sock)
     except (OSError, asyncio.TimeoutError) as exc:
         sock.close()
@@ -72,7 +75,7 @@ async def exchange(port: int, data: bytes, method: str = "GET", timeout: float =
         reply = Reply("reset", detail=type(exc).__name__)
     finally:
         writer.transport.abort()
-    reply.seconds = time.monotonic() - started
+    reply.seconds, reply.local_port = time.monotonic() - started, local_port
     return reply
 
 
