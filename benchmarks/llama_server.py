@@ -124,7 +124,7 @@ def server(setup: ModelSetup, slots: int, binary: Optional[Path] = None,
     argv = [str(binary), "--model", setup.model_path, "--host", "127.0.0.1", "--port", str(port),
             "--threads", str(setup.threads), "--threads-batch", str(setup.threads),
             "--ctx-size", str(setup.n_ctx * slots), "--parallel", str(slots),
-            "--no-webui", "--no-warmup", "--log-disable"]
+            "--no-webui", "--no-warmup"]
     if not setup.extra_buffers:
         argv.append("--no-repack")
     if setup.chat_format:
