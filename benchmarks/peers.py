@@ -102,7 +102,7 @@ def _install_handlers() -> None:
             pass
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child before exec: ask Linux for SIGTERM when the runner dies."""
     try:
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -144,7 +144,7 @@ class Server:
         self.log_path = self._log.name
         self.process = subprocess.Popen(
             list(self.argv), stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-            env=self.env, start_new_session=True, preexec_fn=_die_with_parent,
+            env=self.env, start_new_session=True, preexec_fn=die_with_parent,
         )
         _running.append(self)
         return self

@@ -25,7 +25,6 @@ from benchmarks.reliability.target import Target
 ANSWER_TIMEOUT = 60.0
 #: Seconds to wait on a request that leaves the server waiting for more input.
 INCOMPLETE_TIMEOUT = 1.0
-_ACCESS_500 = re.compile(r'helios_raw\.access: 127\.0\.0\.1:(\d+) - "[^"]*" 5\d\d ')
 
 
 @dataclass
@@ -110,6 +109,7 @@ class Fuzzer:
         self.known = {f.name: f.known for f in cases.families(target.settings.model, True) if f.known}
         self.recent: collections.deque = collections.deque(maxlen=4096)  # (sent time, case)
         self.by_port: collections.OrderedDict = collections.OrderedDict()  # our port -> case, recent ones
+        self.triaged: set = set()
         self.up = asyncio.Event()
         self.crashes_by_family: collections.Counter = collections.Counter()
 
@@ -191,10 +191,12 @@ class Fuzzer:
         for alarm in alarms:
             self.result.alarms += 1
             # A traceback logged for a request is followed by its access log line, which names
-            # our port: the request sent from it is the culprit.
-            logged = _ACCESS_500.search(alarm.excerpt)
-            culprit = self.by_port.get(int(logged.group(1))) if logged else None
-            if culprit is None:
+            # our port: the request sent from it is the culprit. Otherwise the recent requests
+            # are replayed, once for each kind of traceback.
+            culprit = self.by_port.get(alarm.port)
+            signature = signature_of(alarm.excerpt)
+            if culprit is None and signature not in self.triaged:
+                self.triaged.add(signature)
                 window = [case for at, case in self.recent if at > alarm.at - 5.0]
                 self.log(f"fuzz: the log shows {alarm.line[:100]!r}; triage of {len(window)} recent requests")
                 self.up.clear()

@@ -18,6 +18,7 @@ import datetime
 import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -144,6 +145,8 @@ def main(argv: Optional[list] = None) -> int:
                         help="also send the requests of bugs already reported (always on with --long)")
     parser.add_argument("--output", help="where to write reliability.{json,md} (the long run: benchmarks/results)")
     args = parser.parse_args(argv)
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # end as SIGINT does: through run()'s finally
+        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     profile = LONG if args.long else SHORT
     if args.fuzz is not None:
         profile = replace(profile, fuzz_requests=args.fuzz)

@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
+from benchmarks.peers import die_with_parent
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 #: Lines in the server's log that mean an exception nobody handled, or a dying interpreter.
@@ -27,6 +29,8 @@ LOG_ALARMS = ("Traceback", "Exception in callback", "Fatal Python error", "Task 
 _LISTENING = re.compile(rb"listening on http://[^:\s]+:(\d+)")
 #: The first line of a log record (helios_raw's format starts each with the date).
 _RECORD = re.compile(rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+#: An access log line of a 5xx answer; the group is the client's port.
+_ACCESS_5XX = re.compile(rb'helios_raw\.access: 127\.0\.0\.1:(\d+) - "[^"]*" 5\d\d ')
 
 #: Custom endpoints every target serves (a static JSON answer each; one is large, for clients
 #: that never read).
@@ -76,11 +80,13 @@ class Settings:
 
 @dataclass
 class Alarm:
-    """An alarming stretch of the server's log, with the wall time it was read."""
+    """An alarming stretch of the server's log, with the wall time it was read, and the client
+    port of the request whose 5xx access log line follows it (0 if none does)."""
 
     at: float
     line: str
     excerpt: str
+    port: int = 0
 
 
 class Target:
@@ -138,6 +144,7 @@ class Target:
 
         def cap_memory() -> None:
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+            die_with_parent()
 
         self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                         env=env, cwd=self.workdir, start_new_session=True, preexec_fn=cap_memory)
@@ -214,9 +221,9 @@ class Target:
 
     def read_log(self, final: bool = False) -> list[Alarm]:
         """New alarms since the last call (also kept in ``self.alarms``). An alarm's excerpt runs
-        to the first log record after it (for a request, its access log line) or 40 lines; an
-        alarm whose excerpt is not yet complete in the file waits for the next call, up to a
-        second (``final`` takes what is there)."""
+        to the next log record or 40 lines; the 5xx access log line within 30 lines after it
+        gives the request's port. An alarm whose lines are not all in the file yet waits for the
+        next call, up to a second (``final`` takes what is there)."""
         try:
             with open(self.log_path, "rb") as f:
                 f.seek(self._log_offset)
@@ -235,15 +242,17 @@ class Target:
             end = index + 1
             while end < len(lines) and end - index < 40 and not _RECORD.match(lines[end]):
                 end += 1
-            if end == len(lines) and not final:
+            # The request's own access log line comes soon after, between others' lines.
+            answered = next((m for m in map(_ACCESS_5XX.search, lines[end:end + 30]) if m), None)
+            if (end == len(lines) or (answered is None and end + 30 > len(lines))) and not final:
                 self._held_since = self._held_since or time.monotonic()
                 if time.monotonic() - self._held_since < 1.0:
                     # Not complete yet: keep it (and what follows) for the next call.
                     self._partial = b"\n".join(lines[index:] + [self._partial])
                     break
             self._held_since = 0.0
-            excerpt = b"\n".join(lines[index:end + 1]).decode("utf-8", "replace")
-            found.append(Alarm(time.time(), decoded, excerpt))
+            excerpt = b"\n".join(lines[index:end]).decode("utf-8", "replace")
+            found.append(Alarm(time.time(), decoded, excerpt, int(answered.group(1)) if answered else 0))
             index = end  # the record after the incident may itself be an alarm
         self.alarms.extend(found)
         return found
