@@ -71,6 +71,9 @@ class Plan:
 FULL = Plan()
 QUICK = replace(FULL, levels=(1, 4), rounds=1, max_tokens=32, fourth_rounds=1, overflow_rounds=1)
 
+#: Seconds one measurement may take (8 streams one after another on a busy machine included).
+CALL_TIMEOUT = 600.0
+
 _numbers = itertools.count(1)
 
 
@@ -146,7 +149,7 @@ class Bench:
 
     def measure(self, name: str, action) -> Optional[dict]:
         try:
-            return asyncio.run(asyncio.wait_for(action, scenarios.CALL_TIMEOUT))
+            return asyncio.run(asyncio.wait_for(action, CALL_TIMEOUT))
         except Exception as exc:
             self.log(f"{name} failed: {type(exc).__name__}: {exc}")
             return {"error": f"{type(exc).__name__}: {exc}"}
