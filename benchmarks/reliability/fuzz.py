@@ -110,6 +110,8 @@ class Fuzzer:
         self.recent: collections.deque = collections.deque(maxlen=4096)  # (sent time, case)
         self.by_port: collections.OrderedDict = collections.OrderedDict()  # our port -> case, recent ones
         self.triaged: set = set()
+        self.cases_in_flight: dict = {}  # id -> case being exchanged
+        self.cut_off: collections.deque = collections.deque(maxlen=256)  # (time, case) ended without an answer
         self.up = asyncio.Event()
         self.crashes_by_family: collections.Counter = collections.Counter()
 
@@ -132,7 +134,13 @@ class Fuzzer:
                 continue
             await self.up.wait()
             self.recent.append((time.time(), case))
-            reply = await _send(self.target.port, case)
+            self.cases_in_flight[id(case)] = case
+            try:
+                reply = await _send(self.target.port, case)
+            finally:
+                del self.cases_in_flight[id(case)]
+            if reply.outcome in ("closed", "reset", "malformed"):
+                self.cut_off.append((time.time(), case))
             self.result.sent += 1
             self.result.by_family[case.family] += 1
             self.result.outcomes[reply.outcome] += 1
@@ -175,9 +183,16 @@ class Fuzzer:
             self.up.clear()
             status = self.target.exit_status()
             self.result.crashes += 1
+            # The culprit's connection died with the server: those cut off or still in flight
+            # are replayed first, then everything sent in the last seconds.
+            suspects = list(self.cases_in_flight.values()) + [c for at, c in self.cut_off if at > time.time() - 3.0]
             window = [case for at, case in self.recent if at > time.time() - 3.0]
-            self.log(f"fuzz: the server died (exit status {status}); triage of {len(window)} recent requests")
-            culprit, detail = await asyncio.get_running_loop().run_in_executor(None, self._triage, window, "crash")
+            self.log(f"fuzz: the server died (exit status {status}); triage of {len(suspects)} suspects")
+            loop = asyncio.get_running_loop()
+            culprit, detail = await loop.run_in_executor(None, self._triage, suspects, "crash")
+            if culprit is None:
+                self.log(f"fuzz: no suspect reproduced the crash; triage of {len(window)} recent requests")
+                culprit, detail = await loop.run_in_executor(None, self._triage, window, "crash")
             family = culprit.family if culprit else "?"
             self.result.add(self._finding("crash", culprit, detail or f"exit status {status}; log: "
                                           f"{self.target.log_tail(12)}", signature=f"crash: exit status {status}"))
