@@ -109,7 +109,7 @@ class Fuzzer:
         self.known = {f.name: f.known for f in cases.families(target.settings.model, True) if f.known}
         self.recent: collections.deque = collections.deque(maxlen=4096)  # (sent time, case)
         self.by_port: collections.OrderedDict = collections.OrderedDict()  # our port -> case, recent ones
-        self.triaged: set = set()
+        self.triaged: dict = {}  # traceback signature -> the request a replay found for it
         self.cases_in_flight: dict = {}  # id -> case being exchanged
         self.cut_off: collections.deque = collections.deque(maxlen=256)  # (time, case) ended without an answer
         self.up = asyncio.Event()
@@ -210,14 +210,18 @@ class Fuzzer:
             # are replayed, once for each kind of traceback.
             culprit = self.by_port.get(alarm.port)
             signature = signature_of(alarm.excerpt)
-            if culprit is None and signature not in self.triaged:
-                self.triaged.add(signature)
+            if culprit is None and signature in self.triaged:
+                culprit = self.triaged[signature]  # the request that showed it before stands for it
+            elif culprit is None:
                 window = [case for at, case in self.recent if at > alarm.at - 5.0]
                 self.log(f"fuzz: the log shows {alarm.line[:100]!r}; triage of {len(window)} recent requests")
                 self.up.clear()
                 culprit, _ = await asyncio.get_running_loop().run_in_executor(None, self._triage, window, "alarm")
                 self.up.set()
-            self.result.add(self._finding("log", culprit, alarm.excerpt[:2000]))
+                self.triaged[signature] = culprit
+            excerpt = alarm.excerpt if len(alarm.excerpt) <= 3000 else \
+                alarm.excerpt[:1500] + "\n...\n" + alarm.excerpt[-1500:]
+            self.result.add(self._finding("log", culprit, excerpt, signature=signature))
 
     def _triage(self, window: list, symptom: str) -> tuple:
         """Replay ``window`` one request at a time against a fresh server; the first request

@@ -221,7 +221,7 @@ class Target:
 
     def read_log(self, final: bool = False) -> list[Alarm]:
         """New alarms since the last call (also kept in ``self.alarms``). An alarm's excerpt runs
-        to the next log record or 40 lines; the 5xx access log line within 30 lines after it
+        to the next log record or 200 lines; the 5xx access log line within 30 lines after it
         gives the request's port. An alarm whose lines are not all in the file yet waits for the
         next call, up to a second (``final`` takes what is there)."""
         try:
@@ -240,7 +240,7 @@ class Target:
                 index += 1
                 continue
             end = index + 1
-            while end < len(lines) and end - index < 40 and not _RECORD.match(lines[end]):
+            while end < len(lines) and end - index < 200 and not _RECORD.match(lines[end]):
                 end += 1
             # The request's own access log line comes soon after, between others' lines.
             answered = next((m for m in map(_ACCESS_5XX.search, lines[end:end + 30]) if m), None)
