@@ -108,7 +108,7 @@ class Fuzzer:
         self.result = FuzzResult()
         self.known = {f.name: f.known for f in cases.families(target.settings.model, True) if f.known}
         self.recent: collections.deque = collections.deque(maxlen=4096)  # (sent time, case)
-        self.by_port: collections.OrderedDict = collections.OrderedDict()  # our port -> case, recent ones
+        self.by_port: collections.OrderedDict = collections.OrderedDict()  # our port -> (connected at, case)
         self.triaged: dict = {}  # traceback signature -> the request a replay found for it
         self.cases_in_flight: dict = {}  # id -> case being exchanged
         self.cut_off: collections.deque = collections.deque(maxlen=256)  # (time, case) ended without an answer
@@ -135,8 +135,15 @@ class Fuzzer:
             await self.up.wait()
             self.recent.append((time.time(), case))
             self.cases_in_flight[id(case)] = case
+
+            def connected(port: int, case=case) -> None:
+                self.by_port[port] = (time.time(), case)
+                self.by_port.move_to_end(port)
+                if len(self.by_port) > 8192:
+                    self.by_port.popitem(last=False)
+
             try:
-                reply = await _send(self.target.port, case)
+                reply = await _send(self.target.port, case, connected)
             finally:
                 del self.cases_in_flight[id(case)]
             if reply.outcome in ("closed", "reset", "malformed"):
@@ -150,10 +157,6 @@ class Fuzzer:
             if not self.up.is_set():
                 continue  # the server died meanwhile: the crash is what is reported
             problem = wire.judge(reply, case.complete)
-            if reply.local_port:
-                self.by_port[reply.local_port] = case
-                if len(self.by_port) > 8192:
-                    self.by_port.popitem(last=False)
             if problem and reply.outcome != "response":
                 # A crash closes the sockets a moment before the process can be seen dead.
                 await asyncio.sleep(0.5)
@@ -208,7 +211,9 @@ class Fuzzer:
             # A traceback logged for a request is followed by its access log line, which names
             # our port: the request sent from it is the culprit. Otherwise the recent requests
             # are replayed, once for each kind of traceback.
-            culprit = self.by_port.get(alarm.port)
+            sent, culprit = self.by_port.get(alarm.port, (0.0, None))
+            if alarm.at - sent > 120.0:  # a port used again long after: not this request
+                culprit = None
             signature = signature_of(alarm.excerpt)
             if culprit is None and signature in self.triaged:
                 culprit = self.triaged[signature]  # the request that showed it before stands for it
@@ -243,9 +248,9 @@ class Fuzzer:
             probe.stop()
 
 
-async def _send(port: int, case: cases.Case) -> wire.Reply:
+async def _send(port: int, case: cases.Case, on_connect=None) -> wire.Reply:
     return await wire.exchange(port, case.data, case.method, ANSWER_TIMEOUT if case.complete else INCOMPLETE_TIMEOUT,
-                               case.half_close, abandon_after=case.abandon_after)
+                               case.half_close, abandon_after=case.abandon_after, on_connect=on_connect)
 
 
 def run(target: Target, seed: int, count: int, workers: int = 16, include_known: bool = False,

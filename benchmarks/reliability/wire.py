@@ -13,7 +13,7 @@ import json
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import h11
 
@@ -38,17 +38,17 @@ class Reply:
     body: bytes = b""
     detail: str = ""
     seconds: float = 0.0
-    #: Our end's port, which the server's access log names.
-    local_port: int = 0
 
 
 async def exchange(port: int, data: bytes, method: str = "GET", timeout: float = 10.0,
                    half_close: bool = False, rcvbuf: Optional[int] = None,
-                   abandon_after: Optional[float] = None) -> Reply:
+                   abandon_after: Optional[float] = None,
+                   on_connect: Optional[Callable[[int], None]] = None) -> Reply:
     """Send ``data`` on a new connection and read one response. ``method`` tells the parser
     whether the answer has a body (HEAD); ``half_close`` shuts our side for writing after
     sending (an end of input in the middle of a request); ``abandon_after`` drops the connection
-    that many seconds after sending, whatever has arrived (outcome "abandoned")."""
+    that many seconds after sending, whatever has arrived (outcome "abandoned"); ``on_connect``
+    is called with our end's port once connected, before anything is sent."""
     started = time.monotonic()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     if rcvbuf:
@@ -57,7 +57,8 @@ async def exchange(port: int, data: bytes, method: str = "GET", timeout: float =
     loop = asyncio.get_running_loop()
     try:
         await asyncio.wait_for(loop.sock_connect(sock, ("127.0.0.1", port)), timeout)
-        local_port = sock.getsockname()[1]
+        if on_connect is not None:
+            on_connect(sock.getsockname()[1])
         reader, writer = await asyncio.open_connection(sock=sock)
     except (OSError, asyncio.TimeoutError) as exc:
         sock.close()
@@ -75,7 +76,7 @@ async def exchange(port: int, data: bytes, method: str = "GET", timeout: float =
         reply = Reply("reset", detail=type(exc).__name__)
     finally:
         writer.transport.abort()
-    reply.seconds, reply.local_port = time.monotonic() - started, local_port
+    reply.seconds = time.monotonic() - started
     return reply
 
 
