@@ -58,7 +58,7 @@ USAGE = {"stream_options": {"include_usage": True}}
 @dataclass(frozen=True)
 class Plan:
     levels: tuple = (1, 2, 4, 8)
-    rounds: int = 3
+    rounds: int = 4
     max_tokens: int = 128
     fourth_rounds: int = 3
     overflow_streams: int = 8
@@ -102,6 +102,7 @@ class Bench:
     def __init__(self, plan: Plan, sampling: scenarios.Sampling) -> None:
         self.plan, self.sampling = plan, sampling
         self.targets: dict = {}
+        self.pids: list = []
         self.m: dict = {"levels": {}, "fourth": {}, "overflow": {}}
         self.started = time.monotonic()
 
@@ -148,11 +149,23 @@ class Bench:
         return {"streams": [summary(s) for s in streams]}
 
     def measure(self, name: str, action) -> Optional[dict]:
+        """Run one measurement; its result says how much of the machine other processes took
+        meanwhile (``others_cpu_share``: their CPU time over wall time times cores)."""
+        started, busy, ours = time.monotonic(), run.busy_cpu_seconds(), self._our_cpu_seconds()
         try:
-            return asyncio.run(asyncio.wait_for(action, CALL_TIMEOUT))
+            result = asyncio.run(asyncio.wait_for(action, CALL_TIMEOUT))
         except Exception as exc:
             self.log(f"{name} failed: {type(exc).__name__}: {exc}")
-            return {"error": f"{type(exc).__name__}: {exc}"}
+            result = {"error": f"{type(exc).__name__}: {exc}"}
+        wall = time.monotonic() - started
+        others = (run.busy_cpu_seconds() - busy) - (self._our_cpu_seconds() - ours)
+        result["others_cpu_share"] = round(max(0.0, others) / (wall * (os.cpu_count() or 1)), 3) if wall else None
+        return result
+
+    def _our_cpu_seconds(self) -> float:
+        """CPU time of this process and of every server measured."""
+        times = os.times()
+        return times.user + times.system + sum(run.process_cpu_seconds(pid) for pid in self.pids)
 
     def run(self) -> None:
         for target in self.targets.values():  # warm-up: one short stream each
@@ -257,6 +270,7 @@ def main(argv: Optional[list] = None) -> int:
         servers = start_servers(setup, args.slots, workdir, notes)
         for label, (server, _) in servers.items():
             bench.targets[label] = scenarios.Target(label, server.port, scenarios.models_id(server.port))
+            bench.pids.append(server.pid)
         bench.log("ready: " + ", ".join(f"{label} on {server.port}" for label, (server, _) in servers.items()))
         bench.run()
         for label, (server, _) in servers.items():

@@ -16,6 +16,10 @@ COLUMNS = (HELIOS, LLAMA_SERVER, PEER)
 EXPLAINED = """\
 ## What each row shows
 
+Each measurement also records how much of the machine other processes took meanwhile; rows of
+throughput, TTFT and the 4th request leave out the rounds where that was over 25 % (when the same
+server has calmer rounds of the same scenario), and the notes say how many.
+
 - **N streams: aggregate tokens/s**: N streamed essays sent at the same moment, each on its own
   connection; every stream's completion tokens (from the server's `usage` when it sends one, else
   its content chunks) summed and divided by the time from the first request sent to the last
@@ -45,8 +49,23 @@ def _stat(values: list, how) -> Optional[float]:
     return how(values) if values else None
 
 
+#: A round in which other processes took more than this share of the machine is left out of
+#: the table when its scenario has calmer rounds for the same server.
+DISTURBED = 0.25
+
+
+def calm(rounds: list) -> list:
+    """The rounds other processes did not disturb (all of them if every one was disturbed)."""
+    quiet = [r for r in rounds if (r.get("others_cpu_share") or 0.0) <= DISTURBED]
+    return quiet or rounds
+
+
 def _streams(rounds: list) -> list:
     return [s for r in rounds if "streams" in r for s in r["streams"]]
+
+
+def _level(count: str) -> str:
+    return f"{count} stream" + ("" if count == "1" else "s")
 
 
 def _inversions(streams: list) -> int:
@@ -67,12 +86,12 @@ def build_rows(m: dict, slots: int) -> list:
     """[(metric, unit, better, {label: value or text})]; ``better`` is "higher", "lower" or ""."""
     rows = []
     for count in sorted(m["levels"], key=int):
-        by = m["levels"][count]
+        by = {label: calm(rounds) for label, rounds in m["levels"][count].items()}
         rate = {k: _stat([r.get("aggregate_tokens_per_s") for r in v], median) for k, v in by.items()}
-        rows.append((f"{count} streams: aggregate tokens/s", "tok/s", "higher", rate))
+        rows.append((f"{_level(count)}: aggregate tokens/s", "tok/s", "higher", rate))
         for q in (50, 90):
             ttft = {k: _stat([s["ttft_ms"] for s in _streams(v)], lambda x, q=q: percentile(x, q)) for k, v in by.items()}
-            rows.append((f"{count} streams: TTFT p{q}", "ms", "lower", ttft))
+            rows.append((f"{_level(count)}: TTFT p{q}", "ms", "lower", ttft))
         done = {}
         for label, rounds in by.items():
             streams = _streams(rounds)
@@ -80,10 +99,10 @@ def build_rows(m: dict, slots: int) -> list:
             complete = sum(1 for s in streams if s["complete"])
             length = sum(1 for s in streams if s["complete"] and s["finish_reason"] == "length")
             done[label] = f"{complete}/{sent} ({length} length)"
-        rows.append((f"{count} streams: completed normally (ran to max_tokens)", "", "", done))
+        rows.append((f"{_level(count)}: completed normally (ran to max_tokens)", "", "", done))
     fourth = m.get("fourth", {})
     if fourth:
-        ok = {k: [r for r in v if "fourth" in r] for k, v in fourth.items()}
+        ok = {k: [r for r in calm(v) if "fourth" in r] for k, v in fourth.items()}
         rows.append(("lone request: TTFT", "ms", "lower",
                      {k: _stat([r["lone"]["ttft_ms"] for r in v], median) for k, v in ok.items()}))
         rows.append(("4th request while 3 stream: TTFT", "ms", "lower",
@@ -97,7 +116,7 @@ def build_rows(m: dict, slots: int) -> list:
         label_n = None
         done, order, fifo, interrupted = {}, {}, {}, {}
         for label, rounds in overflow.items():
-            good = [r for r in rounds if "streams" in r]
+            good = [r for r in rounds if "streams" in r]  # order and completion hold however busy
             streams = _streams(good)
             label_n = label_n or (len(good[0]["streams"]) if good else None)
             done[label] = f"{sum(1 for s in streams if s['complete'])}/{len(streams)}"
@@ -127,9 +146,9 @@ def findings(rows: list) -> list:
     said = []
     values = {metric: cells for metric, _, _, cells in rows}
     for count in ("1", "4", "8"):
-        cells = values.get(f"{count} streams: aggregate tokens/s", {})
+        cells = values.get(f"{_level(count)}: aggregate tokens/s", {})
         if cells.get(HELIOS) and cells.get(LLAMA_SERVER):
-            said.append(f"At {count} stream{'s' if count != '1' else ''} helios_raw generated "
+            said.append(f"At {_level(count)} helios_raw generated "
                         f"{_number(cells[HELIOS])} tok/s in aggregate, {cells[HELIOS] / cells[LLAMA_SERVER]:.2f}x "
                         f"llama-server's {_number(cells[LLAMA_SERVER])}"
                         + (f" and {cells[HELIOS] / cells[PEER]:.2f}x llama_cpp.server's {_number(cells[PEER])}."
@@ -151,7 +170,7 @@ def markdown(meta: dict, notes: list, rows: list) -> str:
         f"{'quick' if meta.get('plan', {}).get('rounds', 0) < 2 else 'full'} run; model "
         f"{meta.get('model', {}).get('file', '?')}, {meta.get('threads', '?')} threads, n_ctx {meta.get('n_ctx')} "
         f"per slot, max_tokens {meta.get('plan', {}).get('max_tokens')}, {meta.get('plan', {}).get('rounds')} rounds "
-        f"per level. Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
+        f"per level (the calm ones kept). Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
         "",
         "Servers: " + "; ".join(f"**{k}**: `{v}`" for k, v in servers.items()) + ".",
         "",
@@ -173,6 +192,14 @@ def write(directory: str, meta: dict, notes: list, measurements: dict) -> tuple:
     if share is not None:
         notes = notes + [f"The machine's CPU was {share:.0%} busy over the run (all processes, these servers "
                          "included; 2 threads of generation on 2 cores is about 100%)."]
+    kept = total = 0
+    for scenario in [*measurements["levels"].values(), measurements.get("fourth", {})]:
+        for rounds in scenario.values():
+            kept, total = kept + len(calm(rounds)), total + len(rounds)
+    if kept < total:
+        notes = notes + [f"{total - kept} of {total} rounds were left out of the throughput, TTFT and 4th-request "
+                         f"rows: other processes took more than {DISTURBED:.0%} of the machine during them (each "
+                         "round's share is in the JSON as others_cpu_share)."]
     tokens_from = {}
     for rounds in measurements["levels"].values():
         for label, runs in rounds.items():
