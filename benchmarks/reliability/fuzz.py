@@ -101,6 +101,8 @@ class FuzzResult:
 
 
 class Fuzzer:
+    """One fuzzing run against ``target`` (see the module docstring)."""
+
     def __init__(self, target: Target, seed: int, count: int, workers: int = 16, include_known: bool = False,
                  max_crashes: int = 3, log=print) -> None:
         self.target, self.seed, self.count, self.workers = target, seed, count, workers
@@ -181,7 +183,9 @@ class Fuzzer:
             await self._check()
 
     async def _check(self, final: bool = False) -> None:
-        alarms = self.target.read_log()
+        """Look at the process and its new log lines: restart it after a crash, and find each
+        alarm's request."""
+        alarms = self.target.read_log(final=final)
         if not self.target.alive():
             self.up.clear()
             status = self.target.exit_status()
