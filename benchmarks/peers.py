@@ -102,7 +102,7 @@ def _install_handlers() -> None:
             pass
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child before exec: ask Linux for SIGTERM when the runner dies."""
     try:
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -144,7 +144,7 @@ class Server:
         self.log_path = self._log.name
         self.process = subprocess.Popen(
             list(self.argv), stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-            env=self.env, start_new_session=True, preexec_fn=_die_with_parent,
+            env=self.env, start_new_session=True, preexec_fn=die_with_parent,
         )
         _running.append(self)
         return self
@@ -235,8 +235,8 @@ def _helios_ready(status: int, body: bytes) -> bool:
         return False
 
 
-def helios(setup: ModelSetup, workdir: str) -> Server:
-    """helios_raw serving ``setup`` (access log off), not yet started."""
+def helios(setup: ModelSetup, workdir: str, extra_args: Sequence[str] = ()) -> Server:
+    """helios_raw serving ``setup`` (access log off, plus ``extra_args``), not yet started."""
     port = free_port()
     config = os.path.join(workdir, "helios.toml")
     with open(config, "w") as out:
@@ -245,6 +245,7 @@ def helios(setup: ModelSetup, workdir: str) -> Server:
             "--threads", str(setup.threads), "--no-access-log", "--log-level", "warning"]
     if setup.chat_format:
         args += ["--chat-format", setup.chat_format]
+    args += list(extra_args)
     env = dict(os.environ, PYTHONPATH=_project_path())
     return Server("helios_raw", _launch("helios_raw", args, setup), port, "/health", _helios_ready, env=env)
 

@@ -244,7 +244,7 @@ def _memory_rows(m: dict) -> list:
 # --- rendering -------------------------------------------------------------------------------
 
 
-def _number(value: Optional[float], unit: str = "") -> str:
+def number(value: Optional[float], unit: str = "") -> str:
     if value is None:
         return "—"
     if unit.startswith("of "):
@@ -283,15 +283,15 @@ def markdown(rows: list, meta: dict, notes: list) -> str:
         "|---|---:|---:|---:|---:|---:|---:|:-:|---|",
     ]
     for row in rows:
-        ceiling = _number(row.ceiling, row.unit) + (f" ({row.ceiling_name})" if row.ceiling is not None else "")
+        ceiling = number(row.ceiling, row.unit) + (f" ({row.ceiling_name})" if row.ceiling is not None else "")
         ahead = {True: "yes", False: "**no**", None: ""}[row.ahead] if row.better else ""
         target = ""
         if row.target:
             target = row.target + {True: ": met", False: ": **missed**", None: ": not measured"}[row.met]
         better = {"higher": " ↑", "lower": " ↓"}.get(row.better, "")
         lines.append(
-            f"| {row.metric} ({row.unit}{better}) | {_number(row.helios_raw, row.unit)} | "
-            f"{_number(row.peer, row.unit)} | {_number(row.peer_no_interrupt, row.unit)} | {ceiling} | "
+            f"| {row.metric} ({row.unit}{better}) | {number(row.helios_raw, row.unit)} | "
+            f"{number(row.peer, row.unit)} | {number(row.peer_no_interrupt, row.unit)} | {ceiling} | "
             f"{_ratio_text(row.ratio_peer)}{_which_peer(row)} | {_ratio_text(row.ratio_ceiling)} | {ahead} | {target} |")
     if notes:
         lines += [""] + [f"- {note}" for note in notes]

@@ -65,6 +65,8 @@ class StreamResult:
     finish_reason: Optional[str] = None
     done: bool = False
     error: Optional[str] = None
+    #: ``completion_tokens`` of a ``usage`` object in the stream, when the server sends one.
+    usage_tokens: Optional[int] = None
 
     @property
     def tokens(self) -> int:
@@ -172,20 +174,27 @@ class Connection:
         return status, data, time.perf_counter() - sent
 
 
-def chat_body(target: Target, sampling: Sampling, max_tokens: int, stream: bool) -> bytes:
-    body = {"model": target.model, "messages": MESSAGES, "max_tokens": max_tokens, "stream": stream}
+def chat_body(target: Target, sampling: Sampling, max_tokens: int, stream: bool,
+              messages: Optional[list] = None, extra: Optional[dict] = None) -> bytes:
+    """A chat request: ``messages`` (default :data:`MESSAGES`), the sampling, and ``extra`` fields."""
+    body = {"model": target.model, "messages": messages or MESSAGES, "max_tokens": max_tokens, "stream": stream}
     body.update(sampling.fields())
+    body.update(extra or {})
     return json.dumps(body).encode()
 
 
-async def _stream(target: Target, sampling: Sampling, max_tokens: int,
-                  abandon_after: Optional[int] = None) -> StreamResult:
+async def stream_chat(target: Target, sampling: Sampling, max_tokens: int,
+                  abandon_after: Optional[int] = None, messages: Optional[list] = None,
+                  extra: Optional[dict] = None, result: Optional[StreamResult] = None) -> StreamResult:
     """One streamed chat completion on a fresh connection; with ``abandon_after`` the client
-    closes the socket once that many content events have arrived."""
+    closes the socket once that many content events have arrived. ``messages`` and ``extra``
+    as for :func:`chat_body`; ``result``, when given, is filled in as events arrive (so another
+    task can watch the stream's progress) and returned."""
     connection = await Connection(target.port).open()
-    result = StreamResult(sent=0.0)
+    result = result if result is not None else StreamResult(sent=0.0)
     try:
-        result.sent = connection.send("POST", "/v1/chat/completions", chat_body(target, sampling, max_tokens, True))
+        body = chat_body(target, sampling, max_tokens, True, messages, extra)
+        result.sent = connection.send("POST", "/v1/chat/completions", body)
         status, headers = await connection.read_head()
         if status != 200:
             data = b"".join([piece async for piece in connection.body_pieces(headers)])
@@ -219,6 +228,9 @@ def _take_event(result: StreamResult, event: bytes, now: float) -> None:
     if "error" in chunk:
         result.error = json.dumps(chunk["error"])[:200]
         return
+    usage = chunk.get("usage")
+    if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+        result.usage_tokens = usage["completion_tokens"]
     for choice in chunk.get("choices") or ():
         content = (choice.get("delta") or {}).get("content")
         if content:
@@ -244,7 +256,7 @@ def _run(coroutine):
 
 def stream_once(target: Target, sampling: Sampling, max_tokens: int) -> StreamResult:
     """One streamed completion."""
-    return _run(_stream(target, sampling, max_tokens))
+    return _run(stream_chat(target, sampling, max_tokens))
 
 
 def completion_latencies(target: Target, sampling: Sampling, count: int, max_tokens: int = 1) -> list:
@@ -304,7 +316,7 @@ def concurrent_streams(target: Target, sampling: Sampling, count: int, max_token
     rate is every content event over the time from the first send to the last event."""
 
     async def run() -> ConcurrentResult:
-        streams = await asyncio.gather(*(_stream(target, sampling, max_tokens) for _ in range(count)))
+        streams = await asyncio.gather(*(stream_chat(target, sampling, max_tokens) for _ in range(count)))
         start = min(stream.sent for stream in streams)
         end = max([stream.content_times[-1] for stream in streams if stream.content_times] or [start])
         return ConcurrentResult(list(streams), end - start)
@@ -344,9 +356,9 @@ def disconnect_then_wait(target: Target, sampling: Sampling, abandon_after: int 
         return seconds * 1e3
 
     async def run() -> DisconnectResult:
-        await _stream(target, sampling, abandon_after)
+        await stream_chat(target, sampling, abandon_after)
         control = await next_request_ms()
-        abandoned = await _stream(target, sampling, stream_tokens, abandon_after=abandon_after)
+        abandoned = await stream_chat(target, sampling, stream_tokens, abandon_after=abandon_after)
         return DisconnectResult(abandoned, await next_request_ms(), control)
 
     return _run(run())

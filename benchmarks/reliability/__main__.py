@@ -1,0 +1,3 @@
+from benchmarks.reliability.run import main
+
+raise SystemExit(main())
