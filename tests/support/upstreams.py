@@ -10,7 +10,6 @@ completions and embeddings.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import socket
 import subprocess
@@ -19,9 +18,11 @@ import time
 import urllib.request
 from typing import Optional
 
-#: Where the build script caches llama-server (llama.cpp of llama-cpp-python 0.3.36).
-LLAMA_SERVER = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") \
-    / "helios_raw" / "llama-server-0.3.36" / "llama-server"
+from benchmarks.llama_server import cache_dir
+
+#: Where ``python -m benchmarks.llama_server build`` caches llama-server (the llama.cpp of the
+#: pinned llama-cpp-python).
+LLAMA_SERVER = cache_dir() / "llama-server"
 
 
 def free_port() -> int:
