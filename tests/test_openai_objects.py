@@ -322,8 +322,11 @@ def test_sdk_reads_tool_calls_the_agent_hands_back() -> None:
                 assert call.type == "function" and call.id.startswith("call_")
                 assert (call.function.name, call.function.arguments) == ("open_door", "{}")
 
-                # The SDK's streaming helper assembles the calls from the delta.tool_calls pieces.
-                async with client.chat.completions.stream(model="weather-agent", messages=ask, tools=[DOOR]) as stream:
+                # The SDK's streaming helper assembles the calls from the delta.tool_calls pieces (some
+                # releases of it accept only strict tools there).
+                strict = {"type": "function", "function": {**DOOR["function"], "strict": True, "parameters": {
+                    "type": "object", "properties": {}, "required": [], "additionalProperties": False}}}
+                async with client.chat.completions.stream(model="weather-agent", messages=ask, tools=[strict]) as stream:
                     kinds = [event.type async for event in stream]
                     final = await stream.get_final_completion()
                 assert "tool_calls.function.arguments.done" in kinds
