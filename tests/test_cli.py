@@ -208,3 +208,10 @@ def test_remote_backend_needs_no_model_and_health_says_whether_the_upstream_answ
         assert answer.json()["error"]["code"] == "upstream_unavailable"
     finally:
         assert server.stop() == 0
+
+
+def test_a_model_file_llama_cpp_rejects_is_one_sentence(tmp_path):
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + bytes(196))  # the magic, then nothing a model needs
+    assert_one_sentence_failure(cli("--model", str(broken), "--bind", "127.0.0.1:0", "--log-level", "warning"),
+                                "llama.cpp could not load")

@@ -55,6 +55,7 @@ class ModelRouter(Backend):
         self._names: dict[str, Entry] = {}
         self._change: Optional[asyncio.Event] = None
         self._tasks: set = set()
+        self._starting = False  # from start() to wait_ready(): a start-up load's failure is raised, not logged
         self._index()
 
     # -- what the server reports ---------------------------------------------------------------
@@ -279,7 +280,8 @@ class ModelRouter(Backend):
             except Exception as exc:
                 entry.status, entry.error = "failed", exc
                 entry.renew()
-                log.error("model %s failed to load: %s", entry.id, exc, exc_info=not isinstance(exc, BackendError))
+                if not (entry.preload and self._starting):  # else wait_ready raises it, once
+                    log.error("model %s failed to load: %s", entry.id, exc, exc_info=not isinstance(exc, BackendError))
                 await _close_quietly(backend)
                 return
             entry.status, entry.last_used = "loaded", time.monotonic()
@@ -353,6 +355,7 @@ class ModelRouter(Backend):
     async def start(self) -> None:
         """Start always-on backends, check every local model file (a BackendError names the first
         that is unusable), and begin loading the models marked ``preload``."""
+        self._starting = True
         for entry in self.entries:
             if entry.loadable and entry.check is not None:
                 entry.id = entry.check()
@@ -369,7 +372,13 @@ class ModelRouter(Backend):
 
     async def wait_ready(self) -> None:
         """Return once the models loaded at start-up have loaded; raise the BackendError of the
-        first that failed."""
+        first that failed (not logged besides: whoever waits reports it)."""
+        try:
+            await self._wait_started()
+        finally:
+            self._starting = False
+
+    async def _wait_started(self) -> None:
         for entry in self.entries:
             if not entry.loadable:
                 await entry.backend.wait_ready()

@@ -148,7 +148,6 @@ class LocalBackend(Backend):
             self._error = BackendError(f"The chat template inside {self.model_path} is not valid Jinja ({exc}).")
         else:
             self._error = BackendError(f"Loading the model failed: {type(exc).__name__}: {exc}.")
-        log.error("%s", self._error)
 
     def _ended(self, sequence: Sequence) -> None:
         self._admission.release(sequence.ticket)

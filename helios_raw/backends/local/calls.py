@@ -21,6 +21,7 @@ What follows a call that is neither another call nor its closing tag is dropped.
 from __future__ import annotations
 
 import json
+import re
 from typing import Callable, Optional
 
 from ...ids import new_id
@@ -33,6 +34,8 @@ Emit = Callable[[str, Optional[list]], None]
 CallStart = Callable[[int, str, str], None]
 CallArguments = Callable[[int, str], None]
 
+#: Where a call's arguments begin.
+_ARGUMENTS_AT = re.compile(r'"(?:arguments|parameters)"\s*:\s*')
 #: What :func:`read_head` answers for text that may still become a call's head.
 PARTIAL = "partial"
 #: ... and for an object whose first key is its arguments.
@@ -144,6 +147,11 @@ class CallReader:
             return None
         if self._mode == "whole" or not self.calls:
             calls = parse_tool_calls(self._text, set(self._names)) if self._text.strip() else None
+            if calls is None and self._forced and len(self._names) == 1:
+                self._announce(next(iter(self._names)))  # cut before its name: the one tool it may call
+                found = _ARGUMENTS_AT.search(self._text)
+                self._arguments(self._text[found.end():] if found else "")
+                return self.calls
             if calls is None:
                 if not self._forced:
                     self._release()
