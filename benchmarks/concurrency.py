@@ -159,7 +159,8 @@ class Bench:
             result = {"error": f"{type(exc).__name__}: {exc}"}
         wall = time.monotonic() - started
         others = (run.busy_cpu_seconds() - busy) - (self._our_cpu_seconds() - ours)
-        result["others_cpu_share"] = round(max(0.0, others) / (wall * (os.cpu_count() or 1)), 3) if wall else None
+        if isinstance(result, dict):  # a warm-up's stream is not recorded
+            result["others_cpu_share"] = round(max(0.0, others) / (wall * (os.cpu_count() or 1)), 3) if wall else None
         return result
 
     def _our_cpu_seconds(self) -> float:
