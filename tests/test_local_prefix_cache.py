@@ -1,6 +1,7 @@
 """The local backend keeps each slot's cache between requests, sends a request to the free slot
 sharing the longest prefix with its prompt, and evaluates only what the prompt does not share
-with it (at least its last token). None of this may show: every answer must equal a fresh
+with it (at least its last token, unless the slot holds exactly the prompt and the logits of its
+last token are kept: it is then sampled from them). None of this may show: every answer must equal a fresh
 server's answer to the same request, whatever was asked before it and whichever slot it lands in.
 
 The sequence below walks through the cases of that reuse on one server: the same prompt again,
@@ -90,8 +91,10 @@ def test_answers_equal_a_fresh_servers_whatever_came_before(tiny_model_path) -> 
         warm.append(answer(server.port, follow_up))
         warm.append(answer(server.port, chat_body(KEEPER, max_tokens=1)))
     assert warm[6]["text"] == "Z"
-    # the same prompt again found all of it but its last token in a slot's cache
-    assert warm[1]["cached"] == warm[1]["usage"]["prompt_tokens"] - 1 and warm[0]["cached"] == 0
+    # the same prompt again found all of it in a slot's cache, with the logits kept for its end;
+    # after a longer answer the cache holds more than the prompt, and its last token is evaluated
+    assert warm[1]["cached"] == warm[1]["usage"]["prompt_tokens"] and warm[0]["cached"] == 0
+    assert warm[3]["cached"] == warm[3]["usage"]["prompt_tokens"] - 1
     assert warm[11]["logprobs"] and len(warm[11]["logprobs"][0]["top_logprobs"]) == 3
     for index, body in enumerate(SEQUENCE + [follow_up, chat_body(KEEPER, max_tokens=1)]):
         with local_server(tiny_model_path) as fresh:

@@ -7,7 +7,8 @@ it; nothing else touches the context). Each step it:
    tokens share the longest prefix with the prompt, if that prefix is at least ``SIMILARITY`` of
    the prompt (else the least recently used free slot, whose cache is worth least), cut back to
    that prefix, so a conversation's next turn evaluates only what is new while an unrelated
-   request sharing only the chat template's first tokens leaves it alone;
+   request sharing only the chat template's first tokens leaves it alone; a slot that holds
+   exactly the prompt, the logits of its last token kept, lets it be sampled with no decode;
 2. drops the sequences whose client left, and those paused past ``stall_timeout`` while other
    requests wait for a slot;
 3. builds one batch: the pending token of every generating sequence that is not paused, then
@@ -17,8 +18,7 @@ it; nothing else touches the context). Each step it:
 
 A sequence whose client reads slowly is paused in place: it keeps its slot and its cache, is left
 out of batches, and resumes when the client has drained its output; the others go on. Chunks and
-endings go to the event loop through the :class:`Outbox`, which wakes the loop at most once per
-``FLUSH_INTERVAL`` while output keeps coming (a wake-up costs the engine a GIL round trip).
+endings go to the event loop through the :class:`~.outbox.Outbox`.
 """
 
 from __future__ import annotations
@@ -32,89 +32,16 @@ from typing import Callable, Optional, TypeVar
 
 from ...errors import server_error, shutting_down
 from .model import LoadedModel
+from .outbox import Outbox
 from .sequence import Sequence
 
 log = logging.getLogger("helios_raw.local")
 T = TypeVar("T")
 
-#: Seconds between the loop's collections of output while the engine keeps producing it.
-FLUSH_INTERVAL = 0.001
 #: Seconds an idle engine with paused sequences waits before looking at them again.
 POLL_INTERVAL = 0.05
 #: The share of a prompt a slot's cache must hold for the prompt to go to that slot.
 SIMILARITY = 0.5
-_END = object()
-
-
-class Outbox:
-    """What the engine's thread hands to the event loop: each sequence's chunks, then its end.
-
-    On the loop, chunks go to the sequence's sink in order; a sink that falls behind pauses its
-    sequence until it drains. An end resolves ``sequence.done`` and calls ``on_end(sequence)``.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_end: Callable[[Sequence], None],
-                 on_resume: Callable[[], None]) -> None:
-        self.loop = loop
-        self._on_end = on_end
-        self._on_resume = on_resume
-        self._lock = threading.Lock()
-        self._items: list = []
-        self._scheduled = False
-
-    # -- engine thread -----------------------------------------------------------------------
-
-    def put(self, sequence: Sequence, chunk: dict) -> None:
-        self._add(sequence, chunk)
-
-    def end(self, sequence: Sequence) -> None:
-        self._add(sequence, _END)
-
-    def _add(self, sequence: Sequence, item) -> None:
-        with self._lock:
-            self._items.append((sequence, item))
-            schedule, self._scheduled = not self._scheduled, True
-        if schedule:
-            try:
-                self.loop.call_soon_threadsafe(self._flush)
-            except RuntimeError:  # the loop has closed: nobody is left to read
-                pass
-
-    # -- event loop --------------------------------------------------------------------------
-
-    def _flush(self) -> None:
-        with self._lock:
-            items, self._items = self._items, []
-            if not items:
-                self._scheduled = False
-                return
-        touched = set()
-        for sequence, item in items:
-            if item is _END:
-                if not sequence.done.done():
-                    sequence.done.set_result(sequence.outcome)
-                self._on_end(sequence)
-                continue
-            sink = sequence.sink
-            if sink is not None and not sink.closed:
-                sink.send(item)
-                touched.add(sequence)
-        for sequence in touched:
-            if sequence.sink.paused and not sequence.paused and not sequence.done.done():
-                sequence.paused_since = time.monotonic()
-                sequence.paused = True
-                asyncio.ensure_future(self._resume_when_drained(sequence))
-        self.loop.call_later(FLUSH_INTERVAL, self._flush)
-
-    async def _resume_when_drained(self, sequence: Sequence) -> None:
-        try:
-            await sequence.sink.drain()
-        except Exception:  # the client left: its cancellation ends the sequence
-            pass
-        sequence.paused = False
-        self._on_resume()
-
-
 class Engine:
     """Runs sequences in ``slots`` parallel slots of one context (see the module docstring).
 
@@ -138,6 +65,8 @@ class Engine:
         self._thread: Optional[threading.Thread] = None
         self._running: list[Optional[Sequence]] = [None] * slots
         self._cached: list[list[int]] = [[] for _ in range(slots)]
+        #: Per slot, the logits computed for the last token of its cache, while they still are.
+        self._kept: list = [None] * slots
         self._last_used = [0.0] * slots
         self._prefilling: deque[Sequence] = deque()
         self.outbox: Optional[Outbox] = None
@@ -254,6 +183,18 @@ class Engine:
         slot = max(free, key=lambda i: shared[i])
         if shared[slot] < SIMILARITY * len(prompt):
             slot = min(free, key=lambda i: self._last_used[i])
+        sequence.slot = slot
+        sequence.admitted_step = self.steps
+        sequence.metrics.started()
+        self._running[slot] = sequence
+        if (self._kept[slot] is not None and sequence.prompt_logprobs is None
+                and shared[slot] == len(prompt) == len(self._cached[slot])):
+            # the prompt is the slot's cache, whose last logits are kept: nothing to evaluate
+            sequence.kept = self._kept[slot]
+            sequence.evaluated = sequence.outcome.cached_tokens = len(prompt)
+            self.reused_tokens += len(prompt)
+            return
+        self._kept[slot] = None
         # a prompt whose every token's logprob is asked for is evaluated whole
         reuse = 0 if sequence.prompt_logprobs is not None else min(shared[slot], len(prompt) - 1)
         lc, model = self.model.lc, self.model
@@ -261,12 +202,8 @@ class Engine:
             lc.llama_memory_seq_rm(model.memory, slot, 0, -1)
             reuse = 0
         del self._cached[slot][reuse:]
-        sequence.slot = slot
-        sequence.admitted_step = self.steps
-        sequence.metrics.started()
         sequence.evaluated = sequence.outcome.cached_tokens = reuse
         self.reused_tokens += reuse
-        self._running[slot] = sequence
         self._prefilling.append(sequence)
 
     def _drop_finished(self) -> None:
@@ -284,10 +221,14 @@ class Engine:
 
     def _step(self, batch) -> None:
         model, lc = self.model, self.model.lc
+        for sequence in self._running:
+            if sequence is not None and sequence.kept is not None and not sequence.held:
+                kept, sequence.kept = sequence.kept, None
+                self._sampled(sequence, lambda s: model.sample(s.chain, kept), kept)
         rows: list[tuple[Sequence, int]] = []  # (sequence, batch row whose logits it samples)
         n = 0
         for sequence in self._running:
-            if sequence is not None and not sequence.held and not sequence.prefilling:
+            if sequence is not None and not sequence.held and not sequence.prefilling and sequence.token >= 0:
                 _put(batch, n, sequence.token, len(self._cached[sequence.slot]), sequence.slot, True)
                 rows.append((sequence, n))
                 n += 1
@@ -321,24 +262,32 @@ class Engine:
             sequence.evaluated = end
             if end == len(sequence.job.prompt):
                 self._prefilling.remove(sequence)
+                self._kept[sequence.slot] = model.row_logits(first_row + end - start - 1).copy()
         for sequence, row in rows:
             if sequence.token >= 0:
                 self._cached[sequence.slot].append(sequence.token)
-            if sequence.first_token_step < 0:
-                sequence.first_token_step = self.steps
-            try:
-                token = lc.llama_sampler_sample(sequence.chain, model.ctx.ctx, row)
-                self.generated_tokens += 1
-                going = sequence.accept(model, token, row)
-            except Exception:
-                log.exception("sampling failed")
-                sequence.outcome.error = server_error("The model failed while generating; see the server log.")
-                going = False
-            if going and len(self._cached[sequence.slot]) >= model.n_ctx:
-                sequence.end("length")
-                going = False
-            if not going:
-                self._finish(sequence)
+                self._kept[sequence.slot] = None
+            self._sampled(sequence, lambda s: lc.llama_sampler_sample(s.chain, model.ctx.ctx, row), row)
+
+    def _sampled(self, sequence: Sequence, sample, source) -> None:
+        """Sample ``sequence``'s next token with ``sample(sequence)`` (logprobs read from ``source``,
+        a batch row or kept logits) and hand it over; end the sequence if it is done."""
+        model = self.model
+        if sequence.first_token_step < 0:
+            sequence.first_token_step = self.steps
+        try:
+            token = sample(sequence)
+            self.generated_tokens += 1
+            going = sequence.accept(model, token, source)
+        except Exception:
+            log.exception("sampling failed")
+            sequence.outcome.error = server_error("The model failed while generating; see the server log.")
+            going = False
+        if going and len(self._cached[sequence.slot]) >= model.n_ctx:
+            sequence.end("length")
+            going = False
+        if not going:
+            self._finish(sequence)
 
     def _fail(self, sequences: list[Sequence], reason: str) -> None:
         log.error("decoding a batch failed (%s); its %d requests end with an error", reason, len(sequences))
@@ -350,6 +299,7 @@ class Engine:
     def _forget(self, slot: int) -> None:
         self.model.lc.llama_memory_seq_rm(self.model.memory, slot, 0, -1)
         self._cached[slot].clear()
+        self._kept[slot] = None
 
     def _finish(self, sequence: Sequence) -> None:
         """Free the sequence's slot and sampler; its end goes to the loop."""

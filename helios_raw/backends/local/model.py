@@ -77,6 +77,7 @@ class LoadedModel:
         self.batch_size = chunk + slots
         self.n_embd = self.weights.n_embd()
         self._embedder: Optional["Embedder"] = None
+        self._candidates = None  # llama_token_data for sampling from kept logits, made on first use
 
     def _context(self, lc, internals, config: LocalConfig, slots: int, chunk: int):
         params = lc.llama_context_default_params()
@@ -215,10 +216,32 @@ class LoadedModel:
 
     # -- engine thread -----------------------------------------------------------------------
 
-    def logprob(self, row: int, token: int, piece: bytes, top: int) -> dict:
-        """OpenAI's logprob entry for ``token``, sampled from the logits of batch row ``row``."""
+    def row_logits(self, row: int):
+        """The logits the last decode computed for batch row ``row`` (a view, valid until the next)."""
+        return self.np.ctypeslib.as_array(self.lc.llama_get_logits_ith(self.ctx.ctx, row), shape=(self.n_vocab,))
+
+    def sample(self, chain, logits) -> int:
+        """Sample with ``chain`` from ``logits`` kept from an earlier decode, as llama.cpp's
+        ``llama_sampler_sample`` does from a batch row: apply the chain, take its choice, accept it."""
+        lc, np = self.lc, self.np
+        if self._candidates is None:
+            self._candidates = (lc.llama_token_data * self.n_vocab)()
+            self._candidate_fields = np.ctypeslib.as_array(self._candidates)
+        fields = self._candidate_fields
+        fields["id"] = np.arange(self.n_vocab, dtype=np.int32)
+        fields["logit"] = logits
+        fields["p"] = 0.0
+        array = lc.llama_token_data_array(self._candidates, self.n_vocab, -1, False)
+        lc.llama_sampler_apply(chain, ctypes.byref(array))
+        token = int(self._candidates[array.selected].id)
+        lc.llama_sampler_accept(chain, token)
+        return token
+
+    def logprob(self, source, token: int, piece: bytes, top: int) -> dict:
+        """OpenAI's logprob entry for ``token``, sampled from batch row ``source`` (an int) or
+        from logits kept from an earlier decode."""
         np = self.np
-        logits = np.ctypeslib.as_array(self.lc.llama_get_logits_ith(self.ctx.ctx, row), shape=(self.n_vocab,))
+        logits = self.row_logits(source) if isinstance(source, int) else source
         peak = float(logits.max())
         log_total = peak + math.log(float(np.exp(logits - peak).sum()))
         entry = {"token": token_text(piece), "logprob": float(logits[token]) - log_total,

@@ -74,6 +74,9 @@ class Sequence:
         self.evaluated = 0
         #: The token sampled last, not yet decoded (-1 before the first).
         self.token = -1
+        #: Logits kept for its whole prompt (found whole in a slot): its first token is sampled
+        #: from them, with nothing to evaluate.
+        self.kept = None
         #: True while its client reads slower than it is written to: the engine skips it.
         self.paused = False
         self.paused_since = 0.0
@@ -105,8 +108,9 @@ class Sequence:
 
     # -- engine thread -----------------------------------------------------------------------
 
-    def accept(self, model: "LoadedModel", token: int, row: int) -> bool:
-        """Take the token sampled from batch row ``row``; False once the answer has ended."""
+    def accept(self, model: "LoadedModel", token: int, row) -> bool:
+        """Take the token sampled from batch row ``row`` (or from kept logits); False once the
+        answer has ended."""
         piece, is_end = model.piece(token)
         if not self.first_token_at:
             self.first_token_at = time.monotonic()
