@@ -2,8 +2,7 @@
 
     python -m benchmarks.concurrency [--quick] [--model FILE.gguf] [--threads 2] [--slots 4]
 
-Three servers on the same GGUF and thread count: helios_raw (``--parallel SLOTS`` when its
-``--help`` offers the flag), ``llama-server -np SLOTS`` (built by ``benchmarks.llama_server``)
+Three servers on the same GGUF and thread count: helios_raw ``--parallel SLOTS``, ``llama-server -np SLOTS`` (built by ``benchmarks.llama_server``)
 and ``llama_cpp.server`` with ``--interrupt_requests False`` (as shipped it cuts a running stream
 off when another request arrives, so it would complete one stream of N). The scenarios:
 
@@ -29,7 +28,6 @@ import argparse
 import asyncio
 import itertools
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -204,20 +202,11 @@ def _ms(result: dict, key: str) -> str:
     return "—" if value is None else f"{value:.0f}"
 
 
-def helios_parallel_flag() -> bool:
-    """Whether ``python -m helios_raw --help`` offers ``--parallel``."""
-    done = subprocess.run([sys.executable, "-m", "helios_raw", "--help"], capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT, timeout=60)
-    return "--parallel" in done.stdout
-
-
 def start_servers(setup: peers.ModelSetup, slots: int, workdir: str, notes: list) -> dict:
     """Start the three servers (those that can run); {label: (Server, description)}."""
     wanted = {}
-    parallel = helios_parallel_flag()
-    helios_args = ["--parallel", str(slots)] if parallel else []
-    wanted[HELIOS] = (peers.helios(setup, workdir, helios_args),
-                      f"helios_raw {' '.join(helios_args) or '(no --parallel flag: one generation at a time)'}")
+    helios_args = ["--parallel", str(slots)]
+    wanted[HELIOS] = (peers.helios(setup, workdir, helios_args), f"helios_raw {' '.join(helios_args)}")
     binary = llama_server.cached_binary()
     if binary is None:
         notes.append("llama-server is not built (python -m benchmarks.llama_server build): its column is empty.")
@@ -282,7 +271,8 @@ def main(argv: Optional[list] = None) -> int:
     meta = run.machine_facts(setup, run.QUICK if args.quick else run.FULL, reason)
     meta.pop("plan", None)
     meta.update(plan=asdict(plan), slots=args.slots, servers={label: d for label, (_, d) in servers.items()},
-                sampling=scenarios.Sampling().fields())
+                sampling=scenarios.Sampling().fields(),
+                openmp={key: os.environ[key] for key in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if key in os.environ})
     wall = time.monotonic() - cpu_mark[0]
     meta["machine_busy_share"] = (run.busy_cpu_seconds() - cpu_mark[1]) / (wall * (os.cpu_count() or 1))
     json_path, md_path, table = concurrency_report.write(args.output, meta, notes, bench.m)

@@ -192,6 +192,9 @@ def write(directory: str, meta: dict, notes: list, measurements: dict) -> tuple:
     if share is not None:
         notes = notes + [f"The machine's CPU was {share:.0%} busy over the run (all processes, these servers "
                          "included; 2 threads of generation on 2 cores is about 100%)."]
+    openmp = meta.get("openmp")
+    notes = notes + [f"OpenMP environment of every server: {', '.join(f'{k}={v}' for k, v in openmp.items())}."
+                     if openmp else "No OpenMP setting in the environment: each server's own default."]
     kept = total = 0
     for scenario in [*measurements["levels"].values(), measurements.get("fourth", {})]:
         for rounds in scenario.values():

@@ -40,12 +40,8 @@ PROMPTS = [
 
 def logits_layouts(model_path: str, threads: int) -> list:
     """Part 1: the largest logit difference of each way of computing, per context layout."""
-    import numpy as np
-
-    from helios_raw.backends.local.platform import quiet_openmp_waits
-
-    quiet_openmp_waits()
     import llama_cpp as lc
+    import numpy as np
     from llama_cpp import _internals, _logger
 
     _logger.set_verbose(False)

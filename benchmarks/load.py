@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import os
 import re
-import statistics
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import threading

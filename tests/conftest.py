@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import pathlib
 import socket
 import time
@@ -17,14 +18,15 @@ from helios_raw import Config, LocalConfig, Server
 from helios_raw.http.limits import Limits
 from tests.support.rawhttp import TIMEOUT, Answer, Client, ServerThread, running
 
+# llama.cpp's OpenMP threads sleep while they wait (set before llama.cpp loads; servers the tests
+# start inherit it): the suite runs many servers and clients on few cores, where spinning threads
+# slow every decode many times over (benchmarks/results/openmp.md).
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
 SCHEMAS_PATH = pathlib.Path(__file__).with_name("openai_schemas.json")  # a copy of shared/openai/openai_schemas.json
 JSON = [("Content-Type", "application/json")]
 
 
-# -- tests waiting for the local backend's text completions and embeddings ------------------------
-
-#: Markers of tests written against the Backend contract for what the local backend does not serve
-#: yet; they are deselected until it does.
 # -- the tiny model and servers of it ------------------------------------------------------------
 
 

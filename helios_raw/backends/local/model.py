@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Optional
 from ...config import LocalConfig
 from ..base import BackendError
 from .chat_formats import ChatFormat, choose_chat_format
-from .platform import cpu_advertises_amx, physical_cores, quiet_openmp_waits
+from .platform import cpu_advertises_amx, physical_cores
 
 if TYPE_CHECKING:  # pragma: no cover
     from .embeddings import Embedder
@@ -48,7 +48,6 @@ class LoadedModel:
     def __init__(self, path: str, config: LocalConfig, slots: int, chunk: int) -> None:
         import numpy  # llama-cpp-python's own dependency
 
-        quiet_openmp_waits()
         try:
             import llama_cpp
             from llama_cpp import _internals

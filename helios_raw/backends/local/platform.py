@@ -29,18 +29,6 @@ def physical_cores() -> int:
     return max(1, min(len(cores) or len(allowed), len(allowed)))
 
 
-def quiet_openmp_waits() -> None:
-    """Make llama.cpp's OpenMP threads sleep, not spin, while they wait for each other (unless the
-    user chose a wait policy). Must run before llama.cpp is first imported.
-
-    Spinning threads each claim a core between the steps of a decode; when the machine has no
-    core to spare (the event loop's own thread, other processes) a decode waits for the scheduler
-    at every step. Measured on a loaded 2-core machine, 1,800 tokens of the tiny test model took
-    206 s with two spinning threads, 5.2 s with one thread and 3.7 s with two sleeping threads."""
-    if not any(name in os.environ for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")):
-        os.environ["OMP_WAIT_POLICY"] = "passive"
-
-
 def cpu_advertises_amx() -> bool:
     """Whether the CPU claims Intel AMX. llama.cpp then moves quantised weights into AMX buffers,
     and on virtual machines that advertise AMX without enabling it every batched decode dies of
