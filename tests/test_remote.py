@@ -646,6 +646,28 @@ def test_upstream_error_with_status_200_is_502():
     assert answer.error()["message"] == "The upstream reported an error: model crashed while loading"
 
 
+def test_upstream_whose_model_list_is_no_list_is_healthy_and_serves_model_name():
+    """Stands for an upstream that answers every path with its own JSON (a bare inference
+    service): it answers, so /health is 200 and the one model served is ``model_name``."""
+    async def answer(exchange: Exchange) -> bool:
+        await exchange.send_json(200, {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
+                                       "choices": [{"index": 0, "finish_reason": "stop",
+                                                    "message": {"role": "assistant", "content": "Hi"}}]}, b"OK")
+        return True
+
+    with running(FakeUpstream(answer, models={"status": "ok"})) as up:
+        with running(proxy_server(f"http://127.0.0.1:{up.port}/v1")) as proxy:
+            with Client(proxy.port) as client:
+                client.request("GET", "/health")
+                health = client.read_response()
+                client.request("GET", "/v1/models")
+                models = client.read_response().json()
+            chat = post(proxy.port, {"model": "tiny", "messages": HELLO})
+    assert health.status == 200 and health.json()["status"] == "ok"
+    assert [(m["id"], m["status"]) for m in models["data"]] == [("tiny", "loaded")]
+    assert chat.status == 200 and chat.json()["choices"][0]["message"]["content"] == "Hi"
+
+
 def test_upstream_4xx_in_plain_text_keeps_status_and_text():
     """Stands for a reverse proxy in front of the upstream refusing the request in plain text."""
     async def refuse(exchange: Exchange) -> None:

@@ -5,8 +5,9 @@ someone needs it next (one request at a time): until the answer comes, the list 
 ``/v1/models`` never waits for the upstream once it has been asked. What it holds:
 
 - ``"ok"``: the upstream's ``model`` objects, normalised (see :func:`~.normalise.model_object`);
-- ``"unlisted"``: the upstream has no model list (it answered 404, 405 or 501);
-- ``"error"``: the upstream could not be asked (unreachable, an error, an answer without ``data``);
+- ``"unlisted"``: the upstream answers but has no model list (404, 405 or 501, or a body that is
+  no list): it still serves ``model_name``;
+- ``"error"``: the upstream could not be asked (unreachable, timed out, an error status);
 - ``"unknown"``: not asked yet.
 """
 
@@ -78,8 +79,11 @@ class UpstreamCatalog:
     async def _fetch(self) -> None:
         try:
             body = await asyncio.wait_for(self.backend.fetch("GET", "/models"), LIST_TIMEOUT)
-            self.models = self._models(body)
-            self.state, self.reason = "ok", ""
+            models = self._models(body)
+            if models is None:
+                self.state, self.reason = "unlisted", "its model list is not an object with a 'data' array"
+            else:
+                self.models, self.state, self.reason = models, "ok", ""
         except asyncio.TimeoutError:
             self.state, self.reason = "error", f"it did not answer within {LIST_TIMEOUT:g} seconds"
         except APIError as exc:
@@ -91,14 +95,15 @@ class UpstreamCatalog:
             self.fetched_at = time.monotonic()
             self._task = None
 
-    def _models(self, body: bytes) -> list[dict]:
+    def _models(self, body: bytes) -> Optional[list[dict]]:
+        """The models of a list's body; None if the body is no model list."""
         try:
             obj, lossy = decode_json(body)
         except ValueError:
             obj, lossy = None, False
         data = obj.get("data") if isinstance(obj, dict) else None
         if not isinstance(data, list):
-            raise APIError(502, "its model list is not an object with a 'data' array", type="server_error")
+            return None
         backend = self.backend
         models = [model_object(mend_all(m) if lossy else m, backend.created, backend.owned_by)
                   for m in data if isinstance(m, dict)]
