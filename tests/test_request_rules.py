@@ -92,6 +92,13 @@ def test_parameters_must_describe_an_object(tiny_server) -> None:
     assert error["code"] == "invalid_function_parameters"
 
 
+@pytest.mark.parametrize("choice", [{"type": "function", "function": 1}, {"type": "function", "function": "add"},
+                                    {"type": "function", "function": {"name": 7}}, ["auto"], 3])
+def test_a_tool_choice_that_is_no_function_object_is_refused(tiny_server, choice) -> None:
+    body = chat_body(tools=[{"type": "function", "function": ADD}], tool_choice=choice)
+    assert "'none', 'auto', 'required' or" in error_of(post_chat(tiny_server.port, body), 400, "tool_choice")["message"]
+
+
 def test_max_tokens_and_max_completion_tokens_together_are_refused(tiny_server) -> None:
     error = error_of(post_chat(tiny_server.port, chat_body(max_tokens=5, max_completion_tokens=5)), 400, "max_tokens")
     assert error["code"] == "invalid_parameter_combination"

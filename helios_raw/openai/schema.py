@@ -427,7 +427,8 @@ def _tool_choice(value: Any, tools: Optional[list[dict]], key: str) -> Union[str
         if value == "required" and not tools:
             raise bad_request(f"'{key}' is 'required' but no 'tools' were given.", key)
         return value
-    name = value.get("function", {}).get("name") if isinstance(value, dict) else None
+    function = value.get("function") if isinstance(value, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
     if not isinstance(name, str):
         raise bad_request(f"'{key}' must be 'none', 'auto', 'required' or "
                           "{'type': 'function', 'function': {'name': ...}}.", key)
