@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import inspect
 import logging
+import re
 import time
 from typing import Awaitable, Callable, Iterable, Optional
 
@@ -30,6 +31,8 @@ error_log = logging.getLogger("helios_raw.error")
 _ALLOWED_HEADERS = (b"authorization, x-api-key, content-type, accept, anthropic-version, anthropic-beta, "
                     b"openai-organization, openai-project, x-stainless-*")
 _ALLOW_ANY = (b"access-control-allow-origin", b"*")
+#: A preflight's list of header names, echoed back when it is one (else the list above is sent).
+_HEADER_NAMES = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:[ \t]*,[ \t]*[!#$%&'*+.^_`|~0-9A-Za-z-]+)*")
 _PUBLIC_PATHS = frozenset({"/health"})
 _ACCESS_FORMAT = '%s - "%s %s HTTP/%s" %d %d %.1fms %s'
 _access_time = UTCTime()
@@ -156,7 +159,7 @@ class App:
         headers = [
             ("access-control-allow-methods", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
             ("access-control-allow-headers",
-             requested if requested else _ALLOWED_HEADERS.decode()),
+             requested if requested and _HEADER_NAMES.fullmatch(requested) else _ALLOWED_HEADERS.decode()),
             ("access-control-max-age", "600"),
         ]
         return Response(b"", 204, headers)

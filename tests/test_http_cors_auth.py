@@ -62,6 +62,19 @@ def test_preflight_without_requested_headers_still_allows_authorization_and_cont
     assert {"authorization", "content-type"} <= allowed
 
 
+def test_preflight_asking_for_header_names_that_are_not_tokens_gets_the_usual_list(open_server):
+    """A list that is no header names (bytes beyond ASCII, spaces inside) is not echoed back."""
+    for requested in (b"caf\xc3\xa9, content-type", b"x y", b"a,,b"):
+        with Client(open_server.port) as client:
+            client.send(b"OPTIONS /data HTTP/1.1\r\nHost: x\r\nOrigin: https://app.example\r\n"
+                        b"Access-Control-Request-Method: GET\r\nAccess-Control-Request-Headers: "
+                        + requested + b"\r\n\r\n")
+            answer = client.read_response("OPTIONS")
+        assert answer.status == 204
+        allowed = {h.strip() for h in answer.header("access-control-allow-headers").split(",")}
+        assert {"authorization", "content-type"} <= allowed
+
+
 @pytest.mark.parametrize("method, target, headers, body, status", [
     ("GET", "/data", AUTH, b"", 200),
     ("GET", "/data", [], b"", 401),
