@@ -199,6 +199,20 @@ def test_reader_that_never_reads_is_dropped_after_write_timeout(caplog):
     assert any("read nothing" in r.getMessage() for r in caplog.records)
 
 
+def test_pipelined_answers_never_read_are_dropped_after_write_timeout(caplog):
+    """Whole answers handed to the transport leave no writer waiting: the connection goes idle,
+    then closes with them unsent, and is dropped once the client has read nothing for
+    write_timeout."""
+    caplog.set_level(logging.WARNING, logger="helios_raw.error")
+    large = get("/large", {"data": "x" * (1024 * 1024)})
+    limits = Limits(write_timeout=0.5, keepalive_timeout=0.2)
+    with running(build_server([large], limits=limits)) as server, Client(server.port, receive_buffer=SMALL) as client:
+        client.send(b"GET /large HTTP/1.1\r\nHost: x\r\n\r\n" * 4)
+        _wait_until(lambda: any(c.closed for c in server.connections()))  # closed, its answers unsent
+        _wait_until(lambda: not server.connections())
+    assert any("read nothing" in r.getMessage() for r in caplog.records)
+
+
 def test_producer_ignoring_backpressure_hits_the_unsent_output_cap(caplog):
     caplog.set_level(logging.WARNING, logger="helios_raw.error")
     producer = Producer(count=1000, drain=False)  # 62.5 MiB, written without waiting

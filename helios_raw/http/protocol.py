@@ -13,7 +13,7 @@ A connection is in one :class:`Phase` at a time, and each phase has at most one 
   ``body_timeout``, is a 408.
 - ``RESPONDING``: the request is complete; its handler runs and its response is written.
 - ``LINGERING``: an error was sent; input is read and dropped for a moment, then the close.
-- ``CLOSED``: the transport is closing or gone.
+- ``CLOSED``: the transport is closing (sending what it holds) or gone.
 
 Whether the connection outlives a request is decided in one place, :meth:`HTTPProtocol.keeps_alive`.
 
@@ -336,7 +336,7 @@ class HTTPProtocol(asyncio.Protocol):
             self._handle_events()
 
     def give_up_on_slow_reader(self) -> None:
-        if not self.closed:
+        if not self.transport.is_closing() or self.transport.get_write_buffer_size():
             self.app.log_error(f"client {self.client} read nothing for {self.limits.write_timeout:g}s; closing", None)
             self.transport.abort()
 
@@ -376,8 +376,19 @@ class HTTPProtocol(asyncio.Protocol):
     def close(self) -> None:
         self.phase = CLOSED
         self.deadline.clear()
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+            self._check_flush(None)
+
+    def _check_flush(self, before: Optional[int]) -> None:
+        """A closing transport sends what it holds first: drop it if the client reads none of it
+        for ``write_timeout`` (say, large answers pipelined and never read)."""
+        unsent = self.transport.get_write_buffer_size()
+        if before is not None and unsent >= before:
+            self.give_up_on_slow_reader()
+        elif unsent:
+            self.deadline.set(self.limits.write_timeout, lambda: self._check_flush(unsent))
 
     # -- timed actions -----------------------------------------------------------------------
 
