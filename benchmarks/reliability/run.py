@@ -107,7 +107,7 @@ def run(profile: Profile, model: bool = True, seed: int = 1, include_known: bool
             f"{len(fuzzed.failures())} distinct failures; slow clients")
         alarms_before = len(target.alarms)
         limits = {**_defaults(), **profile.limits}
-        report["slow"] = [s.to_dict() for s in slow.run_all(target, profile.slow_clients, limits, include_known)]
+        report["slow"] = [s.to_dict() for s in slow.run_all(target, profile.slow_clients, limits)]
         log("reliability: slow clients: " + ", ".join(f"{s['name']} {'ok' if s['passed'] else 'FAILED'}"
                                                      for s in report["slow"]) + f"; soak {profile.soak_seconds:.0f} s")
         soaked = soak.run(target, profile.soak_seconds, profile.soak_connections, seed)
