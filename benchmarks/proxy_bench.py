@@ -166,6 +166,12 @@ class KeepAlive:
             name, _, value = line.decode("latin-1").partition(":")
             headers[name.strip().lower()] = value.strip()
 
+    def settle(self, headers: dict) -> None:
+        """After a whole response: a fresh connection if the server said it closes this one
+        (llama-server does after 100 requests on a connection), outside any timing."""
+        if headers.get("connection", "").lower() == "close":
+            self.reopen()
+
     def body(self, headers: dict) -> Iterator[bytes]:
         """The body, one piece per chunk (chunked) or whole (Content-Length)."""
         if headers.get("transfer-encoding") == "chunked":
@@ -188,9 +194,12 @@ def chat(max_tokens: int, stream: bool) -> bytes:
 def time_request(connection: KeepAlive, body: bytes) -> float:
     """Milliseconds from sending a non-streamed request to having read its whole response."""
     start = time.perf_counter()
-    for _ in connection.body(connection.post(body)):
+    headers = connection.post(body)
+    for _ in connection.body(headers):
         pass
-    return (time.perf_counter() - start) * 1e3
+    elapsed = (time.perf_counter() - start) * 1e3
+    connection.settle(headers)
+    return elapsed
 
 
 def time_stream(connection: KeepAlive, body: bytes) -> dict:
@@ -210,6 +219,7 @@ def time_stream(connection: KeepAlive, body: bytes) -> dict:
                 done = now
             elif b'"content":"' in data and b'"content":""' not in data:
                 stamps.append(now)
+    connection.settle(headers)
     if done is None or not stamps:
         raise RuntimeError("a stream ended without content or [DONE]")
     per_event = (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1) * 1e3
