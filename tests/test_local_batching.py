@@ -32,22 +32,13 @@ from tests.conftest import (
     validate,
 )
 from tests.support.rawhttp import TIMEOUT
+from tests.support.waiting import wait_for
 
 SMALL_BUFFERS = Limits(write_buffer_high=2048, write_buffer_low=512)
 SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer"}},
           "required": ["ok", "n"], "additionalProperties": False}
 TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {
     "type": "object", "properties": {"q": {"type": "string", "maxLength": 12}}, "required": ["q"]}}}
-
-
-def wait_for(condition, what: str):
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Stream:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 
 import pytest
 
@@ -32,20 +31,11 @@ from tests.conftest import (
     validate,
 )
 from tests.support.rawhttp import TIMEOUT, get
+from tests.support.waiting import wait_for
 
 SMALL_BUFFERS = Limits(write_buffer_high=4096, write_buffer_low=1024)
 ONE_SLOT = {"parallel": 1, "stall_timeout": 600.0}
 LONG = chat_body("tell me a story", max_tokens=1800)
-
-
-def wait_for(condition, what: str):
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def is_paused(server, sock: socket.socket) -> bool:
