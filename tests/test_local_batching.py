@@ -269,3 +269,20 @@ def test_a_conversation_goes_back_to_the_slot_that_holds_it(tiny_model_path) -> 
     cached = data["usage"]["prompt_tokens_details"]["cached_tokens"]
     assert cached > answer["usage"]["prompt_tokens"]
     assert facts["slots"] == 2 and facts["slots_busy"] == 0 and facts["queue_waiting"] == 0
+
+
+def test_a_prompt_goes_to_the_slot_holding_exactly_it_over_one_holding_more(tiny_model_path) -> None:
+    """Slot 0 holds the prompt and an answer after it, slot 1 exactly the prompt (its last logits
+    kept): the prompt again goes to slot 1, reusing every prompt token, not to slot 0 cut back."""
+    body = chat_body("the lighthouse keeper found a bottle", max_tokens=400)
+    with local_server(tiny_model_path, limits=SMALL_BUFFERS, parallel=2, stall_timeout=600.0) as server:
+        held = Stream(server, {**body, "stream": True}, hold=True)  # slot 0, paused in place
+        try:
+            wait_for(lambda: paused_clients(server) == 1, "the stream to fill its client's buffer")
+            one = completion_of(server.port, {**body, "max_tokens": 1})  # slot 1: the prompt, nothing after
+            held.events()
+        finally:
+            held.close()
+        again = completion_of(server.port, {**body, "max_tokens": 1})
+    prompt = one["usage"]["prompt_tokens"]
+    assert again["usage"]["prompt_tokens_details"]["cached_tokens"] == prompt

@@ -5,7 +5,8 @@ it; nothing else touches the context). Each step it:
 
 1. admits the sequences the event loop handed over into free slots: the free slot whose cached
    tokens share the longest prefix with the prompt, if that prefix is at least ``SIMILARITY`` of
-   the prompt (else the least recently used free slot, whose cache is worth least), cut back to
+   the prompt (else the least recently used free slot, whose cache is worth least; among slots
+   sharing as much, the one with least to discard, so one holding exactly the prompt), cut back to
    that prefix, so a conversation's next turn evaluates only what is new while an unrelated
    request sharing only the chat template's first tokens leaves it alone; a slot that holds
    exactly the prompt, the logits of its last token kept, lets it be sampled with no decode;
@@ -180,7 +181,7 @@ class Engine:
         prompt = sequence.job.prompt
         free = [i for i, s in enumerate(self._running) if s is None]
         shared = {i: _shared_prefix(self._cached[i], prompt) for i in free}
-        slot = max(free, key=lambda i: shared[i])
+        slot = max(free, key=lambda i: (shared[i], -len(self._cached[i])))
         if shared[slot] < SIMILARITY * len(prompt):
             slot = min(free, key=lambda i: self._last_used[i])
         sequence.slot = slot
